@@ -1,3 +1,43 @@
-"""ssl_jax: self-supervised pretraining (SimCLR, BYOL) in JAX/Flax."""
+"""ssl_jax: self-supervised pretraining (SimCLR, BYOL) in JAX/Flax.
+
+The public API, flat:
+
+    from ssl_jax import nt_xent, byol_loss          # pure losses for your jit/shard_map code
+    from ssl_jax import two_views, get_views        # on-device augmentation
+    from ssl_jax import get_encoder, ProjectionMLP  # Flax NNX encoders and heads
+
+Pretraining from Python: ``ssl_jax.train.train(config, workdir)``; from the shell: ``ssl-jax``.
+"""
+
+# The function ssl_jax.augment.augment is not re-exported: it would shadow the module.
+from ssl_jax.augment import (
+    ViewConfig,
+    byol_views,
+    get_views,
+    grayscale_preset,
+    simclr_cifar,
+    simclr_imagenet,
+    two_views,
+)
+from ssl_jax.losses import byol_loss, contrastive_accuracy, nt_xent
+from ssl_jax.models import ConvNet, Predictor, ProjectionMLP, ResNet, get_encoder
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "ConvNet",
+    "Predictor",
+    "ProjectionMLP",
+    "ResNet",
+    "ViewConfig",
+    "byol_loss",
+    "byol_views",
+    "contrastive_accuracy",
+    "get_encoder",
+    "get_views",
+    "grayscale_preset",
+    "nt_xent",
+    "simclr_cifar",
+    "simclr_imagenet",
+    "two_views",
+]

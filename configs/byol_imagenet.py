@@ -1,0 +1,36 @@
+"""BYOL on ImageNet: ResNet-50, global batch 4096, LARS, 300 epochs (Grill et al. 2020).
+
+    ssl-jax pretrain --config configs/byol_imagenet.py --workdir runs/byol_imagenet
+
+The paper's recipe (appendix C): LARS lr 0.2 x batch/256 = 3.2, weight decay 1.5e-6, tau
+0.996 -> 1, 10 warmup epochs, projector and predictor 4096 -> 256, bfloat16 compute. The host
+resizes and centre-crops images to 256 px; the random resized crop to 224 happens on the device.
+Needs imagenet2012 prepared for TFDS (manual download) in the data dir.
+"""
+
+from ssl_jax.config import base_config
+
+EPOCHS, TRAIN_IMAGES = 300, 1_281_167
+
+
+def get_config(arg: str | None = None):
+    c = base_config()
+    c.method = "byol"
+    c.dataset = "tfds:imagenet2012"
+    c.image_size, c.image_channels, c.data_image_size = 224, 3, 256
+    c.augment = "byol"
+    c.model.encoder, c.model.stem = "resnet50", "imagenet"
+    c.model.projector_hidden, c.model.projector_dim = 4096, 256
+    c.model.predictor_hidden = 4096
+    c.model.compute_dtype = "bfloat16"
+
+    c.batch_size = 4096
+    steps_per_epoch = TRAIN_IMAGES // c.batch_size
+    c.total_steps = EPOCHS * steps_per_epoch
+    c.warmup_steps = 10 * steps_per_epoch
+    c.base_tau = 0.996
+    c.optimizer, c.base_lr, c.lr_scaling = "lars", 0.2, "linear"
+    c.weight_decay = 1.5e-6
+    c.log_every, c.checkpoint_every = 100, 2500
+    c.num_workers = 16
+    return c

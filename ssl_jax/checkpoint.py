@@ -1,0 +1,90 @@
+"""Checkpoints: a thin layer over Orbax's CheckpointManager.
+
+``WORKDIR/checkpoints/<step>/`` holds two items: ``state`` (the method's train state: step,
+parameters, BatchNorm statistics, optimizer state, and for BYOL the target network) and ``data``
+(each process's input-iterator position, one JSON file per process, via grain's Orbax handler).
+Saves are asynchronous and atomic: Orbax writes into a temporary directory and renames it when
+complete, so a run killed mid-save leaves the previous checkpoint as the latest one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class _IteratorSnapshot:
+    """The iterator position frozen at save time, in the form grain's handler reads and writes.
+
+    Orbax may finish an asynchronous save after training has moved on; saving a snapshot (not
+    the live iterator) makes the checkpoint hold the position that belongs with its state.
+    """
+
+    def __init__(self, state: dict | None = None):
+        self.state = state
+
+    def get_state(self) -> bytes:
+        return json.dumps(self.state).encode()
+
+    def set_state(self, state: bytes) -> None:
+        self.state = json.loads(state.decode() if isinstance(state, bytes) else state)
+
+    def start_prefetch(self) -> None:  # called by grain's handler after restore
+        pass
+
+
+class Checkpointer:
+    """Save / restore ``(train_state, data_iterator_state)`` pairs in ``directory``."""
+
+    def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
+        self.directory = os.path.abspath(directory)
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data": grain.checkpoint.CheckpointHandler(),
+            },
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep,
+                enable_async_checkpointing=async_save,
+                create=True,
+            ),
+        )
+
+    def latest_step(self) -> int | None:
+        """The step of the newest complete checkpoint, or None."""
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_state: dict) -> None:
+        """Start saving; returns once device arrays are copied, then writes in the background."""
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(_IteratorSnapshot(data_state)),
+            ),
+        )
+
+    def restore(self, step: int, like: Any) -> tuple[Any, dict]:
+        """Restore step ``step`` into the structure, dtypes and shardings of ``like``."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract),
+                data=grain.checkpoint.CheckpointRestore(_IteratorSnapshot()),
+            ),
+        )
+        return restored["state"], restored["data"].state
+
+    def wait(self) -> None:
+        """Block until every save in flight is on disk."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

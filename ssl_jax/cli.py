@@ -1,0 +1,123 @@
+"""The ``ssl-jax`` command: parse the command line, then call the library. Nothing else.
+
+    ssl-jax pretrain --config configs/simclr_fashion_mnist.py --workdir runs/simclr \
+        [--config.total_steps=2000 --config.batch_size=512 ...]
+
+Multi-process (one process per host, or several on one machine for testing):
+
+    ssl-jax pretrain ... --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=0
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+USAGE = """usage: ssl-jax COMMAND [flags]
+
+commands:
+  pretrain   self-supervised pretraining:
+             ssl-jax pretrain --config configs/<recipe>.py --workdir DIR [--config.FIELD=VALUE ...]
+
+Run `ssl-jax COMMAND --help` for a command's flags.
+"""
+
+
+def _pretrain_flags(argv: list[str]) -> flags.FlagValues:
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "Recipe file defining get_config() (e.g. configs/simclr_fashion_mnist.py).",
+        flag_values=fv,
+        sys_argv=argv,  # config_flags finds the --config.FIELD overrides here, not in sys.argv
+    )
+    flags.DEFINE_string(
+        "workdir", None, "Run directory: checkpoints, metrics, config.", flag_values=fv
+    )
+    flags.DEFINE_string(
+        "coordinator_address", None, "host:port of process 0 (multi-process).", flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "num_processes", None, "Number of processes (multi-process).", flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "process_id", None, "This process's index (multi-process).", flag_values=fv
+    )
+    return fv
+
+
+def _parse(fv: flags.FlagValues, argv: list[str]):
+    try:
+        fv(argv)
+        return fv["config"].value
+    except AttributeError as e:  # ml_collections: an override names a field the recipe lacks
+        msg = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
+        raise SystemExit(f"ssl-jax: unknown config field in an override: {msg}") from None
+    except flags.UnrecognizedFlagError as e:
+        name = getattr(e, "flagname", "") or ""
+        if name.startswith("config."):
+            raise SystemExit(f"ssl-jax: {_unknown_field_message(name[len('config.') :])}") from None
+        raise SystemExit(f"ssl-jax: {e}") from None
+    except (flags.Error, FileNotFoundError, OSError) as e:
+        raise SystemExit(f"ssl-jax: {e}") from None
+
+
+def _unknown_field_message(field: str) -> str:
+    """Name the unknown config field and the closest known one."""
+    from ssl_jax.config import base_config
+
+    def names(cfg, prefix=""):
+        for key, value in cfg.items():
+            yield from (
+                names(value, f"{prefix}{key}.") if hasattr(value, "items") else [prefix + key]
+            )
+
+    close = difflib.get_close_matches(field, list(names(base_config())), n=1)
+    hint = f" (did you mean --config.{close[0]}?)" if close else ""
+    return f"unknown config field '{field}'{hint}. See ssl_jax/config.py for every field."
+
+
+def pretrain(argv: list[str]) -> int:
+    argv = ["ssl-jax pretrain", *argv]
+    fv = _pretrain_flags(argv)
+    if "--help" in argv or "-h" in argv:
+        print("usage: ssl-jax pretrain --config FILE --workdir DIR [--config.FIELD=VALUE ...]\n")
+        print(fv.main_module_help() if hasattr(fv, "main_module_help") else fv)
+        return 0
+    config = _parse(fv, argv)
+    if config is None or fv.workdir is None:
+        raise SystemExit("ssl-jax pretrain: both --config FILE and --workdir DIR are required.")
+
+    from ssl_jax import parallel
+
+    parallel.initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
+    from ssl_jax import train
+
+    try:
+        train.train(config, fv.workdir)
+    except (ValueError, FileNotFoundError, train.NonFiniteLossError) as e:
+        raise SystemExit(f"ssl-jax pretrain: {e}") from None
+    return 0
+
+
+COMMANDS = {"pretrain": pretrain}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"ssl-jax: unknown command {command!r}.\n\n{USAGE}", file=sys.stderr)
+        return 2
+    return COMMANDS[command](rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The config schema: every knob a recipe can turn, its default, and fail-fast validation.
+
+Recipes in ``configs/`` start from :func:`base_config` and override fields; the command line
+overrides them again (``--config.batch_size=512``). A field a recipe does not know is an error
+that names the closest known field.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """All fields with defaults (a SimCLR convnet on Fashion-MNIST, sized for a CPU)."""
+    c = ml_collections.ConfigDict()
+    c.method = "simclr"  # simclr | byol
+    c.seed = 0  # model init, data order and augmentation all derive from it
+
+    # Data.
+    c.dataset = "fashion_mnist"  # fashion_mnist | tfds:NAME | folder:/path | synthetic
+    c.data_dir = config_dict.placeholder(str)  # TFDS data dir (None: TFDS's default)
+    c.train_split = "train"
+    c.image_size = 28  # side of the augmented views fed to the encoder
+    c.image_channels = 1  # 1 (grayscale) or 3 (RGB)
+    c.data_image_size = config_dict.placeholder(int)  # host resize+centre-crop (None: native)
+    c.num_workers = 0  # grain worker processes decoding on the host (0: in-process)
+    c.synthetic_examples = 2048  # dataset=synthetic: number of images
+    c.synthetic_classes = 10  # dataset=synthetic: number of classes
+
+    # Steps and output.
+    c.batch_size = 256  # GLOBAL batch over all devices and processes
+    c.total_steps = 1000
+    c.log_every = 50  # console line + metrics.jsonl + TensorBoard every N steps
+    c.checkpoint_every = 500  # 0: only at the end
+    c.keep_checkpoints = 3
+    c.num_devices = config_dict.placeholder(int)  # None: all devices
+
+    # Augmentation: a preset of ssl_jax.augment.get_views.
+    c.augment = "grayscale"  # simclr_imagenet | simclr_cifar | byol | grayscale
+
+    # Model.
+    c.model = ml_collections.ConfigDict()
+    c.model.encoder = "convnet"  # convnet | resnet18 | resnet34 | resnet50
+    c.model.stem = "cifar"  # resnets: imagenet (7x7/2 + max-pool) | cifar (3x3/1)
+    c.model.width = 1  # resnets: channel multiplier
+    c.model.convnet_features = (32, 64, 128, 256)  # convnet: channels of its conv layers
+    c.model.conv_impl = "auto"  # auto (im2col on CPU, library conv elsewhere) | xla | im2col
+    c.model.projector_hidden = 512
+    c.model.projector_dim = 128
+    c.model.projector_layers = 2  # 2 (SimCLR v1, BYOL) or 3 (SimCLR v2)
+    c.model.projector_last_bn = False  # BatchNorm after the last projector layer (SimCLR v2)
+    c.model.predictor_hidden = 512  # BYOL predictor hidden width
+    c.model.compute_dtype = "float32"  # float32 | bfloat16 (parameters stay float32)
+
+    # Method hyper-parameters.
+    c.temperature = 0.2  # SimCLR NT-Xent temperature
+    c.base_tau = 0.996  # BYOL target EMA rate at step 0 (rises to 1)
+
+    # Optimizer.
+    c.optimizer = "lars"  # lars | sgd | adamw
+    c.base_lr = 0.3  # peak lr = base_lr scaled by lr_scaling
+    c.lr_scaling = "linear"  # linear (x B/256) | sqrt (x sqrt(B)) | none
+    c.warmup_steps = 100
+    c.weight_decay = 1e-6
+    c.momentum = 0.9  # lars, sgd
+    c.lars_trust_coefficient = 0.001
+    c.adam_b1 = 0.9
+    c.adam_b2 = 0.999
+    return c
+
+
+def check_known_fields(
+    config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict | None = None
+) -> None:
+    """Raise ValueError naming any field the schema does not have (and the closest one)."""
+    schema = base_config() if schema is None else schema
+    problems = []
+
+    def walk(cfg, ref, prefix):
+        for key in cfg.keys():
+            path = f"{prefix}{key}"
+            if key not in ref:
+                close = difflib.get_close_matches(key, list(ref.keys()), n=1)
+                hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+                problems.append(f"unknown config field '{path}'{hint}")
+            elif isinstance(ref[key], ml_collections.ConfigDict):
+                if isinstance(cfg[key], ml_collections.ConfigDict):
+                    walk(cfg[key], ref[key], path + ".")
+                else:
+                    problems.append(f"config field '{path}' must be a group of fields")
+
+    walk(config, schema, "")
+    if problems:
+        raise ValueError("; ".join(problems) + ". See ssl_jax/config.py for every field.")
+
+
+def _require(ok: bool, field: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"config.{field}={value!r} is invalid: {allowed}.")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Fail fast on fields that are unknown or out of range, naming the field and the range."""
+    check_known_fields(config)
+    c = config
+    _require(c.method in ("simclr", "byol"), "method", c.method, "use simclr or byol")
+    _require(c.batch_size >= 2, "batch_size", c.batch_size, "must be >= 2")
+    _require(c.total_steps >= 1, "total_steps", c.total_steps, "must be >= 1")
+    _require(c.log_every >= 1, "log_every", c.log_every, "must be >= 1")
+    _require(c.checkpoint_every >= 0, "checkpoint_every", c.checkpoint_every, "must be >= 0")
+    _require(c.keep_checkpoints >= 1, "keep_checkpoints", c.keep_checkpoints, "must be >= 1")
+    _require(c.image_size >= 8, "image_size", c.image_size, "must be >= 8 pixels")
+    _require(c.image_channels in (1, 3), "image_channels", c.image_channels, "must be 1 or 3")
+    _require(c.num_workers >= 0, "num_workers", c.num_workers, "must be >= 0")
+    _require(c.temperature > 0, "temperature", c.temperature, "must be > 0")
+    _require(0.0 <= c.base_tau <= 1.0, "base_tau", c.base_tau, "must be in [0, 1]")
+    _require(
+        c.model.projector_layers >= 1, "model.projector_layers", c.model.projector_layers, ">= 1"
+    )

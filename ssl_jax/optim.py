@@ -1,0 +1,103 @@
+"""Optimizers and learning-rate schedules built from a config.
+
+SimCLR (Chen et al. 2020, arXiv:2002.05709, appendix B.1) and BYOL (Grill et al. 2020,
+arXiv:2006.07733, appendix C) both train with LARS, excluding biases and BatchNorm parameters
+from weight decay and from the trust-ratio adaptation, under a linear warmup followed by cosine
+decay. The learning rate scales with the global batch: ``base_lr * B / 256`` (linear) or, for
+SimCLR at small batch, ``base_lr * sqrt(B)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import optax
+
+OPTIMIZERS = ("lars", "sgd", "adamw")
+LR_SCALINGS = ("linear", "sqrt", "none")
+
+
+def scaled_learning_rate(base_lr: float, global_batch_size: int, scaling: str) -> float:
+    """The peak learning rate for a global batch.
+
+    Args:
+      base_lr: the learning rate quoted by the recipe.
+      global_batch_size: images per step over all devices and processes.
+      scaling: ``'linear'`` (``base_lr * B / 256``, Goyal et al. 2017), ``'sqrt'``
+        (``base_lr * sqrt(B)``, SimCLR's rule for small batches) or ``'none'``.
+    """
+    if scaling == "linear":
+        return base_lr * global_batch_size / 256.0
+    if scaling == "sqrt":
+        return base_lr * math.sqrt(global_batch_size)
+    if scaling == "none":
+        return base_lr
+    raise ValueError(f"config.lr_scaling={scaling!r} is not one of {LR_SCALINGS}.")
+
+
+def warmup_cosine(peak_lr: float, total_steps: int, warmup_steps: int) -> optax.Schedule:
+    """Linear warmup from 0 to ``peak_lr`` over ``warmup_steps``, then cosine decay to 0."""
+    warmup_steps = min(warmup_steps, total_steps)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=peak_lr,
+        warmup_steps=warmup_steps,
+        decay_steps=max(total_steps, warmup_steps + 1),
+        end_value=0.0,
+    )
+
+
+def decay_mask(params: Any) -> Any:
+    """True for the weights that get weight decay and LARS adaptation: kernels (ndim > 1).
+
+    Biases and BatchNorm scales/offsets are 1-D and are excluded, as SimCLR and BYOL do.
+    """
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(
+    config: Any, *, total_steps: int, global_batch_size: int
+) -> tuple[optax.GradientTransformation, Callable[[Any], Any]]:
+    """Build ``(optimizer, schedule)`` from the config fields.
+
+    Fields read: ``optimizer`` (lars | sgd | adamw), ``base_lr``, ``lr_scaling``
+    (linear | sqrt | none), ``warmup_steps``, ``weight_decay``, ``momentum`` (lars, sgd),
+    ``lars_trust_coefficient``, ``adam_b1``/``adam_b2`` (adamw).
+    """
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(f"config.optimizer={config.optimizer!r} is not one of {OPTIMIZERS}.")
+    if config.base_lr <= 0:
+        raise ValueError(f"config.base_lr must be > 0, got {config.base_lr}.")
+    if config.weight_decay < 0:
+        raise ValueError(f"config.weight_decay must be >= 0, got {config.weight_decay}.")
+    if config.warmup_steps < 0:
+        raise ValueError(f"config.warmup_steps must be >= 0, got {config.warmup_steps}.")
+    peak = scaled_learning_rate(config.base_lr, global_batch_size, config.lr_scaling)
+    schedule = warmup_cosine(peak, total_steps, config.warmup_steps)
+
+    if config.optimizer == "lars":
+        tx = optax.lars(
+            schedule,
+            weight_decay=config.weight_decay,
+            weight_decay_mask=decay_mask,
+            trust_coefficient=config.lars_trust_coefficient,
+            trust_ratio_mask=decay_mask,
+            momentum=config.momentum,
+        )
+    elif config.optimizer == "sgd":
+        tx = optax.chain(
+            optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+            optax.sgd(schedule, momentum=config.momentum),
+        )
+    else:
+        tx = optax.adamw(
+            schedule,
+            b1=config.adam_b1,
+            b2=config.adam_b2,
+            weight_decay=config.weight_decay,
+            mask=decay_mask,
+        )
+    return tx, schedule

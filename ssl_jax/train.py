@@ -1,0 +1,221 @@
+"""The pretraining loop: data in, jitted steps, metrics and checkpoints out. Nothing else.
+
+Resuming is exact: the state (including the step), the data iterator's position and the PRNG
+(every step's key is ``fold_in(key(seed), step)``) all come back from the checkpoint, so a killed
+run started again with the same command logs the same losses as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from ssl_jax import config as config_lib
+from ssl_jax import data, logs, parallel
+from ssl_jax.checkpoint import Checkpointer
+from ssl_jax.methods import get_method
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or Inf; the run stopped without saving the bad state."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    state: Any
+    last_metrics: dict
+    workdir: str
+
+
+def make_source(config, split: str | None = None):
+    """The configured data source (for training, or another split for evaluation)."""
+    kwargs: dict[str, Any] = {}
+    if config.dataset == "synthetic":
+        shape = (config.image_size, config.image_size, config.image_channels)
+        kwargs = dict(
+            image_shape=shape,
+            num_examples=config.synthetic_examples,
+            num_classes=config.synthetic_classes,
+        )
+    return data.get_source(
+        config.dataset,
+        split=split or config.train_split,
+        data_dir=config.data_dir,
+        image_size=config.data_image_size,
+        seed=config.seed,
+        **kwargs,
+    )
+
+
+def _check_source(source, config) -> None:
+    h, w, c = source.image_shape
+    if c != config.image_channels:
+        raise ValueError(
+            f"The dataset {config.dataset!r} has {c}-channel images but "
+            f"config.image_channels={config.image_channels}: set --config.image_channels={c}."
+        )
+    if min(h, w) < config.image_size:
+        raise ValueError(
+            f"The dataset's images are {h}x{w} but config.image_size={config.image_size} asks "
+            f"for larger views: set --config.image_size to at most {min(h, w)} (or set "
+            "config.data_image_size to upsample on the host)."
+        )
+
+
+def _abstract_state(init_fn, key, sharding):
+    shapes = jax.eval_shape(init_fn, key)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def _first_nonfinite(steps: list[int], losses: list) -> tuple[int, float] | None:
+    if not losses:
+        return None
+    values = np.asarray(jax.device_get(losses), dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(values))
+    return (steps[bad[0]], float(values[bad[0]])) if bad.size else None
+
+
+def train(config, workdir: str) -> TrainResult:
+    """Pretrain as configured, writing checkpoints, metrics and the config into ``workdir``."""
+    config_lib.validate(config)
+    method = get_method(config.method)
+    mesh = parallel.make_mesh(config.num_devices)
+    parallel.check_global_batch(config.batch_size, mesh)
+    is_main = jax.process_index() == 0
+    workdir = os.path.abspath(workdir)
+
+    source = make_source(config)
+    _check_source(source, config)
+    if len(source) < config.batch_size:
+        raise ValueError(
+            f"The dataset has {len(source)} images, fewer than one global batch "
+            f"(config.batch_size={config.batch_size}): lower the batch size."
+        )
+    steps_per_epoch = len(source) // config.batch_size
+    iterator = data.train_iterator(
+        source,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        worker_count=config.num_workers,
+    )
+
+    repl = parallel.replicated(mesh)
+    key = jax.random.key(config.seed)
+    init_fn = functools.partial(method.init_state, config)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
+    latest = ckpt.latest_step()
+    if latest is None:
+        state = jax.jit(init_fn, out_shardings=repl)(key)
+    else:
+        state, data_state = ckpt.restore(latest, _abstract_state(init_fn, key, repl))
+        iterator.set_state(data_state)
+    start_step = int(state.step)
+
+    if is_main:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        writer = logs.MetricWriter(workdir)
+        n_dev = mesh.devices.size
+        logs.console(
+            f"ssl_jax {config.method}: {config.dataset} ({len(source):,} images, "
+            f"{steps_per_epoch} steps/epoch), global batch {config.batch_size} on {n_dev} "
+            f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es)"
+        )
+        if latest is not None:
+            logs.console(f"resumed from {ckpt.directory}/{latest} at step {start_step}")
+
+    step_fn = jax.jit(
+        method.train_step,
+        in_shardings=(repl, parallel.data_sharding(mesh), repl),
+        out_shardings=(repl, repl),
+        donate_argnums=(0,),
+    )
+    # Global arrays are made under jit (device_put cannot place onto other processes' devices).
+    key = jax.jit(lambda: jax.random.key(config.seed), out_shardings=repl)()
+
+    pending_steps: list[int] = []
+    pending_losses: list = []
+    metrics: dict = {}
+    t_last, step_last = time.perf_counter(), start_step
+    t_start = t_last
+
+    def check_finite() -> None:
+        bad = _first_nonfinite(pending_steps, pending_losses)
+        pending_steps.clear()
+        pending_losses.clear()
+        if bad is not None:
+            step, value = bad
+            ckpt.wait()
+            kept = ckpt.latest_step()
+            raise NonFiniteLossError(
+                f"The loss is {value} at step {step}; the run stopped there. The last good "
+                f"checkpoint ({'step ' + str(kept) if kept is not None else 'none'}) is kept. "
+                "Lower config.base_lr, raise config.warmup_steps or use float32 compute."
+            )
+
+    # Fault injection for the resume tests: die by SIGKILL before this step, once every
+    # checkpoint in flight is on disk ("killed after a checkpoint").
+    kill_at = int(os.environ.get("SSL_JAX_SIMULATE_KILL_AT_STEP", "0"))
+
+    try:
+        for step in range(start_step + 1, config.total_steps + 1):
+            if step == kill_at:
+                ckpt.wait()
+                os.kill(os.getpid(), signal.SIGKILL)
+            batch = next(iterator)
+            images = parallel.shard_batch({"image": batch["image"]}, mesh)
+            state, metrics = step_fn(state, images, key)
+            pending_steps.append(step)
+            pending_losses.append(metrics["loss"])
+            if step == start_step + 1 and is_main:
+                jax.block_until_ready(metrics["loss"])
+                logs.console(
+                    f"compiled and ran the first step in {time.perf_counter() - t_start:.1f} s"
+                )
+                t_last, step_last = time.perf_counter(), step
+
+            last = step == config.total_steps
+            if step % config.log_every == 0 or last:
+                check_finite()
+                host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                now = time.perf_counter()
+                ips = (step - step_last) * config.batch_size / max(now - t_last, 1e-9)
+                host.update(epoch=step / steps_per_epoch, images_per_s=ips)
+                if is_main:
+                    writer.write(step, host)
+                    eta = (config.total_steps - step) * config.batch_size / max(ips, 1e-9)
+                    logs.console(
+                        logs.progress_line(
+                            step, config.total_steps, host["epoch"], host["loss"], ips, eta
+                        )
+                    )
+                t_last, step_last = now, step
+            if (config.checkpoint_every and step % config.checkpoint_every == 0) or last:
+                check_finite()
+                ckpt.save(step, state, iterator.get_state())
+        ckpt.wait()
+    finally:
+        ckpt.close()
+        if is_main:
+            writer.close()
+    last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()} if metrics else {}
+    return TrainResult(state=state, last_metrics=last_metrics, workdir=workdir)
+
+
+def load_config(workdir: str):
+    """The resolved config a run saved in ``workdir/config.json``."""
+    import ml_collections
+
+    with open(os.path.join(workdir, "config.json")) as f:
+        return ml_collections.ConfigDict(json.load(f))

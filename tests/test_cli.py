@@ -1,0 +1,119 @@
+"""The ssl-jax command: usage, errors that name the fix, and multi-process training."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import config_flags_for, tiny_config
+from ssl_jax import cli, logs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(REPO, "configs", "simclr_fashion_mnist.py")
+
+
+def test_usage(capsys):
+    assert cli.main([]) == 0
+    assert "pretrain" in capsys.readouterr().out
+    assert cli.main(["frobnicate"]) == 2
+    assert "unknown command" in capsys.readouterr().err
+
+
+def _pretrain_error(args) -> str:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["pretrain", *args])
+    return str(info.value)
+
+
+def test_unknown_config_field_suggests_the_right_one(tmp_path):
+    msg = _pretrain_error(["--config", RECIPE, "--workdir", str(tmp_path), "--config.batch_sze=8"])
+    assert "batch_sze" in msg and "batch_size" in msg
+
+
+def test_bad_config_value_names_the_field(tmp_path):
+    msg = _pretrain_error(["--config", RECIPE, "--workdir", str(tmp_path), "--config.method=moco"])
+    assert "config.method='moco'" in msg
+
+
+def test_missing_workdir():
+    assert "--workdir" in _pretrain_error(["--config", RECIPE])
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path):
+    msg = _pretrain_error(
+        [
+            "--config",
+            RECIPE,
+            "--workdir",
+            str(tmp_path / "w"),
+            "--config.dataset=tfds:cifar10",
+            f"--config.data_dir={tmp_path / 'tfds'}",
+            "--config.image_channels=3",
+            "--config.image_size=32",
+        ]
+    )
+    assert "cifar10" in msg and "tfds build" in msg
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one(tmp_path):
+    """Two local CPU processes (one device each), each feeding its half of the global batch,
+    log the same losses as one process driving two devices."""
+    config = tiny_config("simclr", total_steps=4, checkpoint_every=2, log_every=1)
+    args = [
+        sys.executable,
+        "-m",
+        "ssl_jax",
+        "pretrain",
+        "--config",
+        RECIPE,
+        *config_flags_for(config),
+    ]
+    base_env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    base_env.update(PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+
+    one = subprocess.run(
+        [*args, "--workdir", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**base_env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [
+                *args,
+                "--workdir",
+                str(tmp_path / "two"),
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**base_env, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert "2 process(es)" in outs[0][0]
+
+    ref = logs.read_metrics(str(tmp_path / "one"))
+    two = logs.read_metrics(str(tmp_path / "two"))
+    assert [r["step"] for r in two] == [r["step"] for r in ref] == [1, 2, 3, 4]
+    np.testing.assert_allclose([r["loss"] for r in two], [r["loss"] for r in ref], rtol=1e-5)
+    assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == ["2", "4"]

@@ -1,0 +1,72 @@
+"""Config schema, recipes and fail-fast validation."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from ssl_jax import config as config_lib
+
+RECIPES = sorted(pathlib.Path(__file__).parent.parent.glob("configs/*.py"))
+
+
+def _load(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_is_valid_and_documents_its_command(path):
+    module = _load(path)
+    config = module.get_config()
+    config_lib.validate(config)
+    assert f"--config configs/{path.name}" in module.__doc__
+
+
+def test_recipes_exist():
+    names = {p.stem for p in RECIPES}
+    for name in (
+        "simclr_fashion_mnist",
+        "byol_fashion_mnist",
+        "simclr_cifar10",
+        "byol_cifar10",
+        "simclr_imagenet",
+        "byol_imagenet",
+    ):
+        assert name in names
+
+
+def test_unknown_field_suggests_the_right_one():
+    c = config_lib.base_config()
+    c.unlock()
+    c.batch_sze = 12
+    with pytest.raises(ValueError, match=r"unknown config field 'batch_sze'.*'batch_size'"):
+        config_lib.validate(c)
+
+
+def test_unknown_nested_field():
+    c = config_lib.base_config()
+    c.model.unlock()
+    c.model.widht = 2
+    with pytest.raises(ValueError, match=r"'model.widht'.*'model.width'"):
+        config_lib.validate(c)
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("method", "moco"),
+        ("batch_size", 0),
+        ("total_steps", 0),
+        ("temperature", 0.0),
+        ("image_channels", 2),
+        ("base_tau", 1.5),
+    ],
+)
+def test_out_of_range_values_name_the_field(field, value):
+    c = config_lib.base_config()
+    c[field] = value
+    with pytest.raises(ValueError, match=f"config.{field}"):
+        config_lib.validate(c)

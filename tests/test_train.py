@@ -1,0 +1,152 @@
+"""End-to-end pretraining on tiny synthetic data: methods, data parallelism, resume, failures."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from helpers import config_flags_for, tiny_config
+from ssl_jax import logs, parallel
+from ssl_jax.methods import byol, get_method
+from ssl_jax.train import NonFiniteLossError, make_source, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_tiny_run_writes_everything(tmp_path, method):
+    config = tiny_config(method, total_steps=4, checkpoint_every=2)
+    result = train(config, str(tmp_path))
+    records = logs.read_metrics(str(tmp_path))
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    expected = {
+        "loss",
+        "learning_rate",
+        "l2_grads",
+        "l2_params",
+        "l2_updates",
+        "embed_std",
+        "images_per_s",
+        "epoch",
+    }
+    expected |= {"contrastive_acc"} if method == "simclr" else {"tau"}
+    assert expected <= set(records[0])
+    assert all(np.isfinite(r["loss"]) for r in records)
+    assert int(result.state.step) == 4
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+    assert json.load(open(tmp_path / "config.json"))["method"] == method
+    assert os.listdir(tmp_path / "tensorboard")
+
+
+def test_byol_tau_schedule_and_target_ema():
+    # tau rises from base_tau to 1 on a cosine.
+    taus = [float(byol.target_decay(jax.numpy.asarray(k), 0.996, 100)) for k in (0, 50, 100)]
+    np.testing.assert_allclose(taus, [0.996, 0.998, 1.0], rtol=0, atol=1e-7)
+
+
+def _steps(config, num_devices, n_steps):
+    """Run n_steps of the jitted step on a mesh of num_devices; return losses and final params."""
+    method = get_method(config.method)
+    mesh = parallel.make_mesh(num_devices)
+    repl = parallel.replicated(mesh)
+    state = jax.jit(lambda k: method.init_state(config, k), out_shardings=repl)(jax.random.key(0))
+    step = jax.jit(
+        method.train_step,
+        in_shardings=(repl, parallel.data_sharding(mesh), repl),
+        out_shardings=(repl, repl),
+        donate_argnums=(0,),
+    )
+    source = make_source(config)
+    images = np.stack([source[i]["image"] for i in range(config.batch_size)])
+    key = jax.random.key(1)
+    losses = []
+    compiled_before = step._cache_size()  # jit caches are shared by wrappers of one function
+    for _ in range(n_steps):
+        state, metrics = step(state, parallel.shard_batch({"image": images}, mesh), key)
+        losses.append(float(metrics["loss"]))
+    assert step._cache_size() - compiled_before == 1, "the train step must compile once"
+    return np.array(losses), jax.device_get(state.params)
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_one_device_equals_eight_devices(method):
+    """Negatives and BatchNorm statistics span the global batch, so sharding changes nothing."""
+    config = tiny_config(method)
+    losses1, params1 = _steps(config, 1, 3)
+    losses8, params8 = _steps(config, 8, 3)
+    np.testing.assert_allclose(losses8, losses1, rtol=2e-5, atol=2e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params8, params1
+    )
+    assert len(set(np.round(losses1, 6))) == 3  # the steps did change the state
+
+
+def test_batch_not_divisible_by_devices(tmp_path):
+    with pytest.raises(ValueError, match="not divisible by the 8 devices.*batch_size=16"):
+        train(tiny_config(batch_size=20), str(tmp_path))
+
+
+def test_image_too_small_for_the_model_names_the_fix(tmp_path):
+    config = tiny_config(
+        **{"model.encoder": "resnet18", "model.stem": "imagenet", "image_size": 16}
+    )
+    with pytest.raises(ValueError, match="cifar"):
+        train(config, str(tmp_path))
+
+
+def test_nan_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_path):
+    config = tiny_config(
+        total_steps=12,
+        checkpoint_every=3,
+        log_every=4,
+        base_lr=1e30,
+        lr_scaling="none",
+        warmup_steps=0,
+        optimizer="sgd",
+    )
+    with pytest.raises(NonFiniteLossError, match=r"at step \d+") as info:
+        train(config, str(tmp_path))
+    bad_step = int(str(info.value).split("at step ")[1].split(";")[0])
+    kept = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+    assert all(k < bad_step for k in kept)
+
+
+def _run_cli(workdir, config, env_extra=None):
+    env = {**os.environ, "PYTHONPATH": REPO, **(env_extra or {})}
+    cmd = [
+        sys.executable,
+        "-m",
+        "ssl_jax",
+        "pretrain",
+        "--config",
+        os.path.join(REPO, "configs", "simclr_fashion_mnist.py"),
+        "--workdir",
+        str(workdir),
+        *config_flags_for(config),
+    ]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_killed_run_resumes_exactly(tmp_path, method):
+    """SIGKILL after a checkpoint, restart with the same command: every later logged loss equals
+    the uninterrupted run's."""
+    config = tiny_config(method, total_steps=10, checkpoint_every=4, log_every=1)
+    train(config, str(tmp_path / "ref"))  # the uninterrupted reference, in this process
+
+    killed = _run_cli(tmp_path / "run", config, {"SSL_JAX_SIMULATE_KILL_AT_STEP": "7"})
+    assert killed.returncode == -9
+    resumed = _run_cli(tmp_path / "run", config)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "at step 4" in resumed.stdout
+
+    expected = {r["step"]: r["loss"] for r in logs.read_metrics(str(tmp_path / "ref"))}
+    records = logs.read_metrics(str(tmp_path / "run"))
+    # Steps 5 and 6 were logged twice (before the kill and after the resume).
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6, 5, 6, 7, 8, 9, 10]
+    for r in records:
+        assert r["loss"] == expected[r["step"]], r["step"]

@@ -5,6 +5,7 @@ The public API, flat:
     from ssl_jax import nt_xent, byol_loss          # pure losses for your jit/shard_map code
     from ssl_jax import two_views, get_views        # on-device augmentation
     from ssl_jax import get_encoder, ProjectionMLP  # Flax NNX encoders and heads
+    from ssl_jax import load_encoder                # a trained run's encoder, ready to apply
 
 Pretraining from Python: ``ssl_jax.train.train(config, workdir)``; from the shell: ``ssl-jax``.
 """
@@ -19,6 +20,7 @@ from ssl_jax.augment import (
     simclr_imagenet,
     two_views,
 )
+from ssl_jax.evaluation import load_encoder
 from ssl_jax.losses import byol_loss, contrastive_accuracy, nt_xent
 from ssl_jax.models import ConvNet, Predictor, ProjectionMLP, ResNet, get_encoder
 
@@ -36,6 +38,7 @@ __all__ = [
     "get_encoder",
     "get_views",
     "grayscale_preset",
+    "load_encoder",
     "nt_xent",
     "simclr_cifar",
     "simclr_imagenet",

@@ -1,0 +1,219 @@
+"""Frozen encoders and feature extraction: a run directory in, [N, F] feature arrays out.
+
+    encoder = load_encoder('runs/simclr')         # the latest checkpoint, eval mode
+    feats = encoder(images)                       # uint8 [B, H, W, C] -> float32 [B, F]
+
+Images are prepared as in training but without augmentation: scaled to [0, 1], resized (shorter
+side) and centre-cropped to ``config.image_size`` if they differ, then normalised with the mean
+and std of the run's view preset. BatchNorm uses its running averages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from ssl_jax import augment, data, logs, train
+from ssl_jax.checkpoint import Checkpointer
+from ssl_jax.methods import get_method
+
+
+def preprocess(
+    images: jax.Array,
+    size: int,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> jax.Array:
+    """uint8 [B, H, W, C] -> float32 [B, size, size, C]: [0, 1], shorter side resized to ``size``
+    (antialiased bilinear) and centre-cropped when (H, W) != (size, size), then
+    ``(x - mean) / std`` if given. Deterministic: no augmentation."""
+    x = augment.to_float(images)
+    b, h, w, c = x.shape
+    if (h, w) != (size, size):
+        scale = size / min(h, w)
+        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+        x = jax.image.resize(x, (b, nh, nw, c), method="linear", antialias=True)
+        top, left = (nh - size) // 2, (nw - size) // 2
+        x = x[:, top : top + size, left : left + size, :]
+    if mean is not None:
+        x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+    return x
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "size", "mean", "std"))
+def _encode(graphdef, state, images, *, size, mean, std):
+    return nnx.merge(graphdef, state)(preprocess(images, size, mean, std))
+
+
+@functools.partial(jax.jit, static_argnames=("size",))
+def raw_pixels(images: jax.Array, *, size: int) -> jax.Array:
+    """The raw-pixel baseline's features: uint8 [B, H, W, C] -> float32 [B, size*size*C] in
+    [0, 1] (resized and centre-cropped like the encoders' inputs, not normalised)."""
+    x = preprocess(images, size)
+    return x.reshape(x.shape[0], -1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoder:
+    """A frozen encoder in eval mode; call it on uint8 images [B, H, W, C] to get float32
+    features [B, F]. The call is jitted; encoders of one architecture share the compilation.
+
+    Attributes:
+      graphdef, state: the NNX module split (``module`` merges them).
+      config: the run's config.
+      step: the checkpoint's step (0 for a random initialisation).
+      workdir: the run directory (None if not loaded from one).
+      image_size, mean, std: input preparation (see :func:`preprocess`).
+    """
+
+    graphdef: Any
+    state: Any
+    config: Any
+    step: int
+    workdir: str | None
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def module(self) -> nnx.Module:
+        return nnx.merge(self.graphdef, self.state)
+
+    @property
+    def num_features(self) -> int:
+        return int(self.module.num_features)
+
+    def __call__(self, images: Any) -> jax.Array:
+        return _encode(
+            self.graphdef,
+            self.state,
+            jnp.asarray(images),
+            size=self.image_size,
+            mean=self.mean,
+            std=self.std,
+        )
+
+
+def encoder_from_state(config: Any, state: Any, *, workdir: str | None = None) -> Encoder:
+    """The eval-mode encoder of a method's train state (``method.encoder_of``)."""
+    module = get_method(config.method).encoder_of(state)
+    graphdef, enc_state = nnx.split(module)
+    view = augment.get_views(config.augment, config.image_size)[0]
+    return Encoder(
+        graphdef=graphdef,
+        state=enc_state,
+        config=config,
+        step=int(state.step),
+        workdir=workdir,
+        image_size=int(config.image_size),
+        mean=tuple(view.mean),
+        std=tuple(view.std),
+    )
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_state(config: ml_collections.FrozenConfigDict, key: jax.Array) -> Any:
+    # A frozen (hashable) config makes jit cache by value: equal configs compile once.
+    return get_method(config.method).init_state(config, key)
+
+
+def random_init_encoder(config: Any) -> Encoder:
+    """The run's encoder as it was before training: ``init_state`` with ``config.seed``."""
+    state = _init_state(ml_collections.FrozenConfigDict(config), jax.random.key(config.seed))
+    return encoder_from_state(config, state)
+
+
+def load_encoder(workdir: str, *, step: int | None = None) -> Encoder:
+    """Rebuild a run's encoder from ``workdir/config.json`` and restore a checkpoint into it.
+
+    Args:
+      workdir: a directory written by ``ssl-jax pretrain`` / ``ssl_jax.train.train``.
+      step: the checkpoint to restore (default: the latest).
+
+    Returns:
+      An :class:`Encoder` in eval mode (BatchNorm running averages) on the default device.
+
+    Raises:
+      FileNotFoundError: no config.json, no checkpoint, or no checkpoint of that step.
+    """
+    workdir = os.path.abspath(workdir)
+    if not os.path.isfile(os.path.join(workdir, "config.json")):
+        raise FileNotFoundError(
+            f"{workdir} is not a run directory: it has no config.json (ssl-jax pretrain "
+            "--workdir DIR writes one)."
+        )
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(f"The run in {workdir} has no checkpoints/ directory.")
+    config = train.load_config(workdir)
+    # Read-only: keep every checkpoint (None) and write nothing in the background.
+    ckpt = Checkpointer(ckpt_dir, max_to_keep=None, async_save=False)
+    try:
+        steps = sorted(ckpt.manager.all_steps())
+        if not steps:
+            raise FileNotFoundError(f"The run in {workdir} has no complete checkpoint yet.")
+        if step is None:
+            step = steps[-1]
+        elif step not in steps:
+            raise FileNotFoundError(f"{ckpt_dir} has no checkpoint {step}; it has {steps}.")
+        init = functools.partial(get_method(config.method).init_state, config)
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+            jax.eval_shape(init, jax.random.key(config.seed)),
+        )
+        state, _ = ckpt.restore(step, abstract)
+    finally:
+        ckpt.close()
+    return encoder_from_state(config, state, workdir=workdir)
+
+
+def extract_features(
+    source: Any,
+    extractors: Mapping[str, Callable[[Any], Any]],
+    *,
+    batch_size: int = 512,
+    description: str = "",
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Run every extractor over a whole source in one in-order pass.
+
+    Args:
+      source: a random-access source (``ssl_jax.data``).
+      extractors: name -> function of uint8 images [B, H, W, C] returning [B, F_name].
+      batch_size: images per batch (the last batch is padded; padded rows are dropped).
+      description: what to call the pass in the progress messages ('' for none).
+
+    Returns:
+      ``(features, labels)``: name -> float32 [N, F_name] in source order, and int32 [N].
+    """
+    batches = data.eval_batches(source, batch_size=batch_size)
+    out: dict[str, list[np.ndarray]] = {name: [] for name in extractors}
+    labels = []
+    t0 = time.perf_counter()
+    report_every = max(1, len(batches) // 4)
+    for i, batch in enumerate(batches):
+        mask = np.asarray(batch["mask"], bool)
+        images = jnp.asarray(batch["image"])  # one host-to-device copy for every extractor
+        results = {name: fn(images) for name, fn in extractors.items()}  # all dispatched
+        for name, feats in results.items():
+            out[name].append(np.asarray(feats, np.float32)[mask])
+        labels.append(np.asarray(batch["label"], np.int32)[mask])
+        if description and ((i + 1) % report_every == 0 or i + 1 == len(batches)):
+            done = min((i + 1) * batch_size, batches.num_examples)
+            dt = time.perf_counter() - t0
+            logs.console(
+                f"  {description}: {done:,}/{batches.num_examples:,} images "
+                f"({done / max(dt, 1e-9):,.0f} images/s)"
+            )
+    feats = {name: np.concatenate(parts) for name, parts in out.items()}
+    return feats, np.concatenate(labels)

@@ -1,0 +1,246 @@
+"""Linear probe: multinomial logistic regression on frozen, standardised features.
+
+The probe is fitted full-batch with L-BFGS (optax, zoom line search) inside one ``jax.jit``:
+deterministic, and every fit of a given (rows, features) shape shares one compilation (the
+validation fits mask rows out with zero weights instead of slicing them away).
+
+It converges in tens of iterations rather than hundreds because it is *preconditioned*: the
+weights are parametrised as ``W = U diag(p) V`` where ``U`` holds the eigenvectors of the
+features' second-moment matrix (eigenvalues ``d``) and ``p = (d / C + l2) ** -1/2`` roughly
+inverts the Hessian of the loss (softmax curvature ~1/C per class). This is an exact change of
+variables: since ``U`` is orthogonal, ``||W||^2 = ||diag(p) V||^2`` and the minimiser is the same
+``W``; only the conditioning improves (on Fashion-MNIST pixels, 30 preconditioned iterations
+match the test accuracy of 300 plain ones to within 0.1%).
+
+The L2 strength is chosen on a class-balanced validation split carved out of the labelled subset
+(never the test set), then the probe is refitted on the whole subset with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import optax.tree_utils as otu
+
+from ssl_jax.evaluation.metrics import topk_accuracy
+from ssl_jax.evaluation.splits import validation_split
+
+DEFAULT_L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+PRECONDITIONER_ROWS = 8192  # rows used to estimate the feature second moments
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureStats:
+    """What the probe derives from the unlabelled training features, once per representation:
+    per-feature mean and std (constant features get std 1), and the eigenvectors ``basis``
+    [F, F] and eigenvalues ``eigvals`` [F] of the standardised features' second moments
+    (estimated from at most ``PRECONDITIONER_ROWS`` evenly spaced rows: they only set the
+    preconditioner, never the solution)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    basis: np.ndarray
+    eigvals: np.ndarray
+
+    @classmethod
+    def of(cls, train_x: np.ndarray, max_rows: int = PRECONDITIONER_ROWS) -> FeatureStats:
+        x = np.asarray(train_x, np.float32)
+        mean = x.mean(axis=0, dtype=np.float64)
+        std = x.std(axis=0, dtype=np.float64)
+        std = np.where(std > 1e-8 * max(1.0, float(np.abs(mean).max(initial=0.0))), std, 1.0)
+        stats = cls(mean.astype(np.float32), std.astype(np.float32), None, None)
+        rows = np.linspace(0, len(x) - 1, min(len(x), max_rows)).astype(np.int64)
+        basis, eigvals = preconditioner(stats.standardize(x[rows]), max_rows)
+        return dataclasses.replace(stats, basis=basis, eigvals=eigvals)
+
+    def standardize(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, np.float32) - self.mean) / self.std
+
+
+def preconditioner(x: np.ndarray, max_rows: int = PRECONDITIONER_ROWS):
+    """Eigenvectors U [F, F] and eigenvalues d [F] of x^T x / n for x [n, F], estimated from at
+    most ``max_rows`` evenly spaced rows (an estimate suffices: it only speeds up the fit)."""
+    x = np.asarray(x, np.float32)
+    if len(x) > max_rows:
+        x = x[np.linspace(0, len(x) - 1, max_rows).astype(np.int64)]
+    moment = (x.T @ x).astype(np.float64) / max(len(x), 1)
+    d, u = np.linalg.eigh(moment)
+    return u.astype(np.float32), np.maximum(d, 0.0).astype(np.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes",))
+def _lbfgs_fit(x, y, weights, l2, basis, eigvals, max_iter, *, num_classes):
+    f = x.shape[1]
+    precond = jax.lax.rsqrt(jnp.maximum(eigvals / num_classes + l2, 1e-8))  # [F]
+    to_w = basis * precond[None, :]  # W = to_w @ V
+
+    def loss(params):
+        logits = x @ (to_w @ params["v"]) + params["b"]
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        data = jnp.sum(weights * ce) / jnp.sum(weights)
+        return data + 0.5 * l2 * jnp.sum((precond[:, None] * params["v"]) ** 2)
+
+    opt = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(loss)
+
+    def step(carry):
+        params, state = carry
+        value, grad = value_and_grad(params, state=state)
+        updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=loss)
+        return optax.apply_updates(params, updates), state
+
+    def keep_going(carry):
+        _, state = carry
+        count = otu.tree_get(state, "count")
+        grad_norm = otu.tree_norm(otu.tree_get(state, "grad"))
+        # Stop at max_iter, or once converged (a zero gradient would stall the line search).
+        return (count == 0) | ((count < max_iter) & (grad_norm > 1e-6))
+
+    params = {"v": jnp.zeros((f, num_classes), jnp.float32), "b": jnp.zeros((num_classes,))}
+    params, _ = jax.lax.while_loop(keep_going, step, (params, opt.init(params)))
+    return to_w @ params["v"], params["b"]
+
+
+def fit_logistic_regression(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    num_classes: int,
+    l2: float,
+    weights: np.ndarray | None = None,
+    max_iter: int = 50,
+    preconditioner_of: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression, full batch: minimise
+    ``sum_i w_i CE(x_i W + b, y_i) / sum_i w_i + l2 / 2 * ||W||^2`` (bias not penalised).
+
+    Args:
+      x: [N, F] features (standardise them first); y: int [N] classes in [0, num_classes).
+      num_classes: C.
+      l2: L2 strength (> 0).
+      weights: [N] row weights (0 drops a row without changing the compiled shape); default 1.
+      max_iter: L-BFGS iterations (fewer if the gradient vanishes).
+      preconditioner_of: ``(basis, eigvals)`` from :func:`preconditioner` (or
+        :class:`FeatureStats`) of features like x; default: computed from x's weighted rows.
+
+    Returns:
+      ``(W, b)``: float32 [F, C] and [C].
+    """
+    if l2 <= 0:
+        raise ValueError(f"l2 must be > 0, got {l2}")
+    x = jnp.asarray(x, jnp.float32)  # a jax array stays on its device: pass one to fit often
+    weights = np.ones(len(x), np.float32) if weights is None else np.asarray(weights, np.float32)
+    if not weights.sum() > 0:
+        raise ValueError("at least one row needs a positive weight")
+    if preconditioner_of is None:
+        preconditioner_of = preconditioner(np.asarray(x)[weights > 0])
+    basis, eigvals = preconditioner_of
+    w, b = _lbfgs_fit(
+        x,
+        jnp.asarray(y, jnp.int32),
+        jnp.asarray(weights),
+        jnp.float32(l2),
+        jnp.asarray(basis),
+        jnp.asarray(eigvals),
+        jnp.int32(max_iter),
+        num_classes=num_classes,
+    )
+    return np.asarray(w), np.asarray(b)
+
+
+def _cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-np.mean(log_p[np.arange(len(y)), y]))
+
+
+def linear_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    subset: np.ndarray,
+    *,
+    num_classes: int,
+    seed: int,
+    l2_grid: tuple[float, ...] = DEFAULT_L2_GRID,
+    val_fraction: float = 0.2,
+    max_iter: int = 50,
+    stats: FeatureStats | None = None,
+) -> dict:
+    """Linear-probe accuracy of features with the labels of ``subset`` only.
+
+    Features are standardised with the mean/std of all of ``train_x`` (the unlabelled training
+    images; no labels are used), which also give the fit's preconditioner (:class:`FeatureStats`;
+    pass ``stats`` to compute them once for several subsets). The L2 strength is the grid value
+    with the best top-1 on a validation split carved from ``subset`` (ties: lower validation
+    cross-entropy, then the stronger L2); when no class has two labelled images there is nothing
+    to validate on and the largest value is used. The probe is then refitted on all of ``subset``
+    and scored on the test set, which plays no part in any choice.
+
+    Args:
+      train_x: [N, F] features of the whole training split; train_y: int [N] labels.
+      test_x: [T, F] test features; test_y: int [T] labels.
+      subset: indices into train_x of the labelled images.
+      num_classes: C.
+      seed: seed of the validation split.
+      l2_grid: candidate L2 strengths.
+      val_fraction: share of each class's labelled images held out for the choice.
+      max_iter: L-BFGS iterations per fit.
+      stats: ``FeatureStats.of(train_x)``, if already computed.
+
+    Returns:
+      ``{'top1', 'top5' (None if C <= 5), 'l2', 'val_top1' (None without validation),
+      'val_by_l2' ({l2: val top-1}), 'n_labels', 'n_val'}``.
+    """
+    if not l2_grid:
+        raise ValueError("l2_grid must not be empty")
+    subset = np.asarray(subset, np.int64)
+    stats = FeatureStats.of(train_x) if stats is None else stats
+    x = stats.standardize(train_x[subset])
+    y = np.asarray(train_y)[subset].astype(np.int32)
+    fit_idx, val_idx = validation_split(
+        train_y, subset, fraction=val_fraction, seed=seed, num_classes=num_classes
+    )
+    x_dev = jnp.asarray(x)  # copied to the device once for every fit
+    fit = functools.partial(
+        fit_logistic_regression,
+        x_dev,
+        num_classes=num_classes,
+        max_iter=max_iter,
+        preconditioner_of=(stats.basis, stats.eigvals),
+    )
+
+    val_by_l2: dict[float, float] = {}
+    if len(val_idx):
+        is_val = np.isin(subset, val_idx)
+        best = None
+        for l2 in sorted(l2_grid, reverse=True):  # exact ties keep the stronger L2
+            w, b = fit(y, l2=l2, weights=(~is_val).astype(np.float32))
+            logits = x[is_val] @ w + b
+            acc = topk_accuracy(logits, y[is_val], 1) if num_classes > 1 else 1.0
+            key = (acc, -_cross_entropy(logits, y[is_val]))
+            val_by_l2[float(l2)] = acc
+            if best is None or key > best[0]:
+                best = (key, float(l2))
+        l2, val_top1 = best[1], best[0][0]
+    else:
+        l2, val_top1 = float(max(l2_grid)), None
+
+    w, b = fit(y, l2=l2)
+    logits = stats.standardize(test_x) @ w + b
+    test_y = np.asarray(test_y)
+    return {
+        "top1": topk_accuracy(logits, test_y, 1),
+        "top5": topk_accuracy(logits, test_y, 5),
+        "l2": l2,
+        "val_top1": val_top1,
+        "val_by_l2": val_by_l2,
+        "n_labels": int(len(subset)),
+        "n_val": int(len(val_idx)),
+    }

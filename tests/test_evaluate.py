@@ -1,0 +1,299 @@
+"""Evaluation: kNN and linear probes against references, label subsets, a tiny run end to end."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from helpers import tiny_config
+from ssl_jax import augment, cli, load_encoder
+from ssl_jax.evaluation import (
+    class_balanced_subset,
+    evaluate,
+    fit_logistic_regression,
+    knn_neighbors,
+    knn_scores,
+    l2_normalize,
+    linear_probe,
+    preprocess,
+    random_init_encoder,
+    suite,
+    topk_accuracy,
+    validation_split,
+)
+from ssl_jax.methods import get_method
+from ssl_jax.train import make_source, train
+
+# ----------------------------------------------------------------------------- kNN
+
+
+def _knn_reference(queries, bank, bank_labels, num_classes, k, temperature):
+    """Brute force in float64: per query, a stable sort of the cosine similarities, then votes."""
+    q = queries.astype(np.float64)
+    b = bank.astype(np.float64)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    scores = np.zeros((len(q), num_classes))
+    for i, query in enumerate(q):
+        sims = b @ query
+        for j in np.argsort(-sims, kind="stable")[:k]:
+            scores[i, bank_labels[j]] += (
+                1.0 if temperature is None else np.exp(sims[j] / temperature)
+            )
+    return scores
+
+
+def _reference_topk(scores, labels, k):
+    """Top-k by listing the classes in order (score descending, then class index)."""
+    hits = []
+    for s, y in zip(scores, labels, strict=True):
+        order = sorted(range(len(s)), key=lambda c: (-s[c], c))
+        hits.append(y in order[:k])
+    return float(np.mean(hits))
+
+
+@pytest.mark.parametrize("k, temperature", [(200, 0.1), (20, None)])
+def test_knn_matches_float64_numpy_reference(k, temperature):
+    rng = np.random.default_rng(0)
+    num_classes = 10
+    bank = rng.normal(size=(300, 8)).astype(np.float32)
+    bank_labels = rng.integers(0, num_classes, size=300)
+    queries = rng.normal(size=(45, 8)).astype(np.float32)
+    query_labels = rng.integers(0, num_classes, size=45)
+    # Small chunks: several query chunks (the last one padded) and bank chunks (the last padded).
+    scores = knn_scores(
+        queries,
+        bank,
+        bank_labels,
+        num_classes=num_classes,
+        k=k,
+        temperature=temperature,
+        query_chunk=16,
+        bank_chunk=64,
+    )
+    ref = _knn_reference(queries, bank, bank_labels, num_classes, k, temperature)
+    np.testing.assert_allclose(scores, ref, rtol=1e-5, atol=1e-6)
+    for top in (1, 5):
+        assert topk_accuracy(scores, query_labels, top) == _reference_topk(ref, query_labels, top)
+    assert 0.0 < topk_accuracy(scores, query_labels, 5) < 1.0  # the test can tell
+
+
+def test_knn_neighbors_are_sorted_and_k_is_bounded():
+    rng = np.random.default_rng(1)
+    bank = l2_normalize(rng.normal(size=(50, 4)))
+    sims, labels = knn_neighbors(bank[:7], bank, np.arange(50), k=5, bank_chunk=16)
+    assert np.all(np.diff(sims, axis=1) <= 0)
+    np.testing.assert_array_equal(labels[:, 0], np.arange(7))  # each row is its own neighbour
+    with pytest.raises(ValueError, match="k must be in"):
+        knn_neighbors(bank, bank, np.arange(50), k=51)
+
+
+# ----------------------------------------------------------------------------- subsets
+
+
+def test_class_balanced_subset_counts_nesting_and_determinism():
+    labels = np.repeat(np.arange(4), [500, 300, 40, 1])
+    np.random.default_rng(0).shuffle(labels)
+    subsets = {f: class_balanced_subset(labels, f, seed=3) for f in (0.01, 0.1, 1.0)}
+    expected = {0.01: [5, 3, 1, 1], 0.1: [50, 30, 4, 1], 1.0: [500, 300, 40, 1]}
+    for f, idx in subsets.items():
+        assert np.bincount(labels[idx], minlength=4).tolist() == expected[f]
+        assert len(np.unique(idx)) == len(idx)
+    assert set(subsets[0.01]) <= set(subsets[0.1]) <= set(subsets[1.0])
+    np.testing.assert_array_equal(class_balanced_subset(labels, 0.1, seed=3), subsets[0.1])
+    assert not np.array_equal(class_balanced_subset(labels, 0.1, seed=4), subsets[0.1])
+
+
+def test_validation_split_comes_only_from_the_labelled_subset():
+    labels = np.repeat(np.arange(3), 100)
+    subset = class_balanced_subset(labels, 0.1, seed=0)  # 10 per class
+    fit, val = validation_split(labels, subset, fraction=0.2, seed=0)
+    assert set(val) <= set(subset) and set(fit) <= set(subset)
+    assert not set(fit) & set(val)
+    assert sorted(set(fit) | set(val)) == sorted(subset)
+    assert np.bincount(labels[val]).tolist() == [2, 2, 2]
+    # A class with one labelled image keeps it for fitting.
+    _, val1 = validation_split(labels, subset[[0, 10, 11, 12, 20, 21]], seed=0)
+    assert labels[subset[0]] not in labels[val1]
+
+
+# ----------------------------------------------------------------------------- linear probe
+
+
+def _blobs(rng, n, num_classes=4, dim=6, separation=4.0):
+    y = np.arange(n) % num_classes
+    means = separation * np.eye(num_classes, dim)
+    return (means[y] + rng.normal(size=(n, dim))).astype(np.float32), y
+
+
+PROBE = dict(num_classes=4, seed=0, l2_grid=(1e-3, 1e-1), max_iter=50)
+
+
+def test_linear_probe_separable_random_and_constant_features():
+    rng = np.random.default_rng(0)
+    x, y = _blobs(rng, 400)
+    xt, yt = _blobs(rng, 2000)
+    all_idx = np.arange(400)
+    separable = linear_probe(x, y, xt, yt, all_idx, **PROBE)
+    assert separable["top1"] > 0.99
+    assert separable["top5"] is None  # 4 classes: top-5 is trivially 1
+    assert separable["n_labels"] == 400 and separable["n_val"] == 80
+
+    noise = linear_probe(
+        rng.normal(size=x.shape), y, rng.normal(size=xt.shape), yt, all_idx, **PROBE
+    )
+    assert abs(noise["top1"] - 0.25) < 0.06
+
+    const = linear_probe(np.ones_like(x), y, np.ones_like(xt), yt, all_idx, **PROBE)
+    assert const["top1"] == pytest.approx(0.25)
+
+
+def test_logistic_regression_reaches_the_minimum_of_its_objective():
+    """The preconditioning is a change of variables: the fit must minimise the stated
+    objective, mean CE + l2 / 2 ||W||^2, whose float64 gradient vanishes there."""
+    rng = np.random.default_rng(2)
+    x, y = _blobs(rng, 400, separation=1.0)
+    x[:, 1] = x[:, 0] + 0.1 * x[:, 1]  # correlated features: ill-conditioned without help
+    weights = (np.arange(400) % 5 != 0).astype(np.float32)  # masked rows must not count
+    w, b = fit_logistic_regression(x, y, num_classes=4, l2=0.01, weights=weights, max_iter=200)
+    keep = weights > 0
+    xk, yk = x[keep].astype(np.float64), y[keep]
+    logits = xk @ w.astype(np.float64) + b
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(len(yk)), yk] -= 1.0
+    grad_w = xk.T @ p / len(yk) + 0.01 * w
+    grad_b = p.mean(axis=0)
+    assert np.abs(grad_w).max() < 1e-4 and np.abs(grad_b).max() < 1e-4
+
+
+def test_linear_probe_choice_never_looks_at_the_test_set():
+    rng = np.random.default_rng(1)
+    x, y = _blobs(rng, 400, separation=1.0)
+    xt, yt = _blobs(rng, 200, separation=1.0)
+    subset = np.arange(400)
+    a = linear_probe(x, y, xt, yt, subset, **PROBE)
+    b = linear_probe(x, y, rng.normal(size=xt.shape), np.roll(yt, 1), subset, **PROBE)
+    assert a["l2"] == b["l2"] and a["val_by_l2"] == b["val_by_l2"]
+    assert a["top1"] != b["top1"]
+
+
+# ----------------------------------------------------------------------------- a tiny run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    config = tiny_config(total_steps=4, checkpoint_every=2)
+    return train(config, str(workdir)), config
+
+
+def test_preprocess_resizes_and_crops_to_the_model_size():
+    images = np.full((2, 20, 24, 1), 128, np.uint8)
+    x = preprocess(images, 16, mean=(0.5,), std=(0.25,))
+    assert x.shape == (2, 16, 16, 1)
+    np.testing.assert_allclose(x, (128 / 255 - 0.5) / 0.25, atol=1e-5)
+
+
+def test_load_encoder_gives_the_trained_encoders_features(tiny_run):
+    result, config = tiny_run
+    images = np.stack([make_source(config)[i]["image"] for i in range(8)])
+    encoder = load_encoder(result.workdir)
+    assert encoder.step == 4 and encoder.num_features == 16
+    view = augment.get_views(config.augment, config.image_size)[0]
+    x = (images / 255.0 - np.asarray(view.mean)) / np.asarray(view.std)
+    trained = get_method(config.method).encoder_of(jax.device_get(result.state))
+    expected = np.asarray(trained(x.astype(np.float32)))
+    np.testing.assert_allclose(np.asarray(encoder(images)), expected, rtol=1e-5, atol=1e-5)
+    # ...and not those of the untrained encoder (the checkpoint was really loaded).
+    untrained = np.asarray(random_init_encoder(config)(images))
+    assert np.abs(untrained - expected).max() > 1e-3
+
+
+def test_evaluate_end_to_end(tiny_run, monkeypatch, capsys):
+    result, config = tiny_run
+    probed, banks = [], []
+
+    def recording_probe(train_x, train_y, *args, **kwargs):
+        probed.append((train_x.shape[1], args[2].copy()))
+        return linear_probe(train_x, train_y, *args, **kwargs)
+
+    def recording_neighbors(query, bank, bank_labels, **kwargs):
+        banks.append(np.asarray(bank_labels).copy())
+        return knn_neighbors(query, bank, bank_labels, **kwargs)
+
+    monkeypatch.setattr(suite, "linear_probe", recording_probe)
+    monkeypatch.setattr(suite, "knn_neighbors", recording_neighbors)
+    rows = evaluate(result.workdir, label_fractions=(1.0, 0.25), batch_size=64)
+
+    keys = {(r["representation"], r["protocol"], r["label_fraction"]) for r in rows}
+    expected = {
+        (rep, proto, f)
+        for f in (0.25, 1.0)
+        for rep, proto in [
+            ("ssl", "knn"),
+            ("ssl", "knn_k20"),
+            ("ssl", "linear"),
+            ("random_init", "knn"),
+            ("random_init", "knn_k20"),
+            ("random_init", "linear"),
+            ("raw_pixels", "linear"),
+        ]
+    }
+    assert keys == expected and len(rows) == len(expected)
+    for r in rows:
+        assert r["n_labels"] == {0.25: 24, 1.0: 96}[r["label_fraction"]]
+        assert 0.0 <= r["top1"] <= 1.0 and r["top5"] is None  # 4 classes
+        assert r["seed"] == 0 and r["step"] == 4
+        assert ("l2" in r) == (r["protocol"] == "linear")
+    knn_row = next(r for r in rows if r["protocol"] == "knn" and r["label_fraction"] == 0.25)
+    assert knn_row["k"] == 24 and knn_row["temperature"] == 0.1  # k capped at the bank size
+    # Brightness separates the synthetic classes in raw pixels (chance: 0.25).
+    raw = {r["label_fraction"]: r["top1"] for r in rows if r["representation"] == "raw_pixels"}
+    assert raw[1.0] > 0.75 and raw[0.25] > 0.4
+
+    # Every representation saw exactly the same labelled images.
+    train_y = np.array([make_source(config)[i]["label"] for i in range(96)])
+    for f in (0.25, 1.0):
+        subset = class_balanced_subset(train_y, f, seed=0)
+        per_rep = [s for _, s in probed if len(s) == len(subset)]
+        assert len(per_rep) == 3 and all(np.array_equal(s, subset) for s in per_rep)
+        knn_banks = [b for b in banks if len(b) == len(subset)]
+        assert len(knn_banks) == 2 and all(np.array_equal(b, train_y[subset]) for b in knn_banks)
+
+    assert json.load(open(os.path.join(result.workdir, "eval.json"))) == rows
+    md = open(os.path.join(result.workdir, "eval.md")).read()
+    assert "| raw_pixels | linear |" in md and "25% (24 labels)" in md
+    out = capsys.readouterr().out
+    assert "train features" in out and "random_init linear, 25% labels" in out
+    assert "| ssl | knn |" in out
+
+
+def test_cli_evaluate(tiny_run, capsys):
+    result, _ = tiny_run
+    eval_json = os.path.join(result.workdir, "eval.json")
+    if os.path.exists(eval_json):
+        os.remove(eval_json)
+    args = ["evaluate", "--workdir", result.workdir, "--label_fractions=1.0", "--batch_size=64"]
+    assert cli.main(args) == 0
+    rows = json.load(open(eval_json))
+    assert {r["label_fraction"] for r in rows} == {1.0} and len(rows) == 7
+    assert cli.main([]) == 0 and "evaluate" in capsys.readouterr().out
+
+
+def _evaluate_error(args) -> str:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["evaluate", *args])
+    return str(info.value)
+
+
+def test_cli_evaluate_errors(tmp_path):
+    msg = _evaluate_error(["--workdir", str(tmp_path / "missing")])
+    assert "ssl-jax evaluate" in msg and "config.json" in msg
+    (tmp_path / "config.json").write_text(tiny_config().to_json())
+    assert "no checkpoints" in _evaluate_error(["--workdir", str(tmp_path)])
+    assert not (tmp_path / "checkpoints").exists()  # looking did not create anything
+    assert "--workdir" in _evaluate_error([])
+    assert "label_fractions" in _evaluate_error(["--workdir", str(tmp_path), "--label_fractions=a"])

@@ -2,6 +2,7 @@
 
     ssl-jax pretrain --config configs/simclr_fashion_mnist.py --workdir runs/simclr \
         [--config.total_steps=2000 --config.batch_size=512 ...]
+    ssl-jax evaluate --workdir runs/simclr [--label_fractions=0.01,0.1,1.0]
 
 Multi-process (one process per host, or several on one machine for testing):
 
@@ -21,6 +22,8 @@ USAGE = """usage: ssl-jax COMMAND [flags]
 commands:
   pretrain   self-supervised pretraining:
              ssl-jax pretrain --config configs/<recipe>.py --workdir DIR [--config.FIELD=VALUE ...]
+  evaluate   kNN and linear probes of a run's encoder and baselines (writes DIR/eval.json, .md):
+             ssl-jax evaluate --workdir DIR [--label_fractions=0.01,0.1,1.0]
 
 Run `ssl-jax COMMAND --help` for a command's flags.
 """
@@ -101,10 +104,85 @@ def pretrain(argv: list[str]) -> int:
         train.train(config, fv.workdir)
     except (ValueError, FileNotFoundError, train.NonFiniteLossError) as e:
         raise SystemExit(f"ssl-jax pretrain: {e}") from None
+    if config.eval_at_end:
+        import jax
+
+        if jax.process_count() > 1:
+            if jax.process_index() == 0:
+                print(
+                    f"Multi-process evaluation is not supported yet: run `ssl-jax evaluate "
+                    f"--workdir {fv.workdir}` in one process."
+                )
+            return 0
+        from ssl_jax.evaluation import evaluate as run_evaluation
+
+        try:
+            run_evaluation(fv.workdir)
+        except (ValueError, FileNotFoundError) as e:
+            raise SystemExit(
+                f"ssl-jax pretrain: training finished; evaluation failed: {e}"
+            ) from None
     return 0
 
 
-COMMANDS = {"pretrain": pretrain}
+def _evaluate_flags() -> flags.FlagValues:
+    fv = flags.FlagValues()
+    flags.DEFINE_string("workdir", None, "Run directory written by `pretrain`.", flag_values=fv)
+    flags.DEFINE_list(
+        "label_fractions",
+        ["0.01", "0.1", "1.0"],
+        "Fractions of the training labels, each in (0, 1].",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "seed", 0, "Seed of the labelled subsets and validation splits.", flag_values=fv
+    )
+    flags.DEFINE_integer(
+        "step", None, "Checkpoint step to evaluate (default: the latest).", flag_values=fv
+    )
+    flags.DEFINE_string("test_split", "test", "The split that is scored.", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 512, "Images per feature-extraction batch.", flag_values=fv)
+    return fv
+
+
+def evaluate(argv: list[str]) -> int:
+    argv = ["ssl-jax evaluate", *argv]
+    fv = _evaluate_flags()
+    if "--help" in argv or "-h" in argv:
+        print("usage: ssl-jax evaluate --workdir DIR [--label_fractions=0.01,0.1,1.0]\n")
+        print(fv.module_help(__name__))
+        return 0
+    try:
+        fv(argv)
+    except flags.Error as e:
+        raise SystemExit(f"ssl-jax evaluate: {e}") from None
+    if fv.workdir is None:
+        raise SystemExit("ssl-jax evaluate: --workdir DIR (a pretraining run) is required.")
+    try:
+        fractions = [float(f) for f in fv.label_fractions]
+    except ValueError:
+        raise SystemExit(
+            f"ssl-jax evaluate: --label_fractions must be numbers in (0, 1], got "
+            f"{','.join(fv.label_fractions)}."
+        ) from None
+
+    from ssl_jax.evaluation import evaluate as run_evaluation
+
+    try:
+        run_evaluation(
+            fv.workdir,
+            label_fractions=fractions,
+            seed=fv.seed,
+            step=fv.step,
+            test_split=fv.test_split,
+            batch_size=fv.batch_size,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"ssl-jax evaluate: {e}") from None
+    return 0
+
+
+COMMANDS = {"pretrain": pretrain, "evaluate": evaluate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 500  # 0: only at the end
     c.keep_checkpoints = 3
     c.num_devices = config_dict.placeholder(int)  # None: all devices
+    c.eval_at_end = True  # `ssl-jax pretrain` runs `ssl-jax evaluate` when training ends
 
     # Augmentation: a preset of ssl_jax.augment.get_views.
     c.augment = "grayscale"  # simclr_imagenet | simclr_cifar | byol | grayscale

@@ -20,6 +20,7 @@ def tiny_config(method: str = "simclr", **overrides):
     c.warmup_steps = 2
     c.log_every, c.checkpoint_every = 1, 3
     c.optimizer, c.base_lr, c.lr_scaling = "lars", 0.5, "linear"
+    c.eval_at_end = False  # tests that want it turn it on
     for k, v in overrides.items():
         target = c
         *parents, leaf = k.split(".")

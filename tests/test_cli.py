@@ -1,5 +1,6 @@
 """The ssl-jax command: usage, errors that name the fix, and multi-process training."""
 
+import json
 import os
 import socket
 import subprocess
@@ -117,3 +118,18 @@ def test_two_processes_equal_one(tmp_path):
     assert [r["step"] for r in two] == [r["step"] for r in ref] == [1, 2, 3, 4]
     np.testing.assert_allclose([r["loss"] for r in two], [r["loss"] for r in ref], rtol=1e-5)
     assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == ["2", "4"]
+
+
+def test_pretrain_then_evaluate(tmp_path, capsys):
+    """The README's main job in miniature: pretrain, then the evaluation table and eval.json."""
+    config = tiny_config("simclr", total_steps=3, checkpoint_every=3, eval_at_end=True)
+    flags = config_flags_for(config)
+    assert cli.main(["pretrain", "--config", RECIPE, "--workdir", str(tmp_path), *flags]) == 0
+    rows = json.load(open(tmp_path / "eval.json"))
+    assert {(r["representation"], r["protocol"]) for r in rows} >= {
+        ("ssl", "linear"),
+        ("ssl", "knn"),
+        ("raw_pixels", "linear"),
+        ("random_init", "linear"),
+    }
+    assert "| ssl | linear |" in capsys.readouterr().out

@@ -89,7 +89,7 @@ def pretrain(argv: list[str]) -> int:
     fv = _pretrain_flags(argv)
     if "--help" in argv or "-h" in argv:
         print("usage: ssl-jax pretrain --config FILE --workdir DIR [--config.FIELD=VALUE ...]\n")
-        print(fv.main_module_help() if hasattr(fv, "main_module_help") else fv)
+        print(fv.module_help(__name__))
         return 0
     config = _parse(fv, argv)
     if config is None or fv.workdir is None:

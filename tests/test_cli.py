@@ -21,6 +21,9 @@ def test_usage(capsys):
     assert "pretrain" in capsys.readouterr().out
     assert cli.main(["frobnicate"]) == 2
     assert "unknown command" in capsys.readouterr().err
+    for command in ("pretrain", "evaluate"):
+        assert cli.main([command, "--help"]) == 0
+        assert "--workdir" in capsys.readouterr().out
 
 
 def _pretrain_error(args) -> str:

@@ -85,6 +85,7 @@ def _unknown_field_message(field: str) -> str:
 
 
 def pretrain(argv: list[str]) -> int:
+    """`ssl-jax pretrain`: parse flags and config, train, then evaluate unless turned off."""
     argv = ["ssl-jax pretrain", *argv]
     fv = _pretrain_flags(argv)
     if "--help" in argv or "-h" in argv:
@@ -146,6 +147,7 @@ def _evaluate_flags() -> flags.FlagValues:
 
 
 def evaluate(argv: list[str]) -> int:
+    """`ssl-jax evaluate`: kNN and linear probes of a run and its baselines."""
     argv = ["ssl-jax evaluate", *argv]
     fv = _evaluate_flags()
     if "--help" in argv or "-h" in argv:
@@ -186,6 +188,7 @@ COMMANDS = {"pretrain": pretrain, "evaluate": evaluate}
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `ssl-jax` entry point; returns the process exit status."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)

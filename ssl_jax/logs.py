@@ -151,6 +151,7 @@ def read_metrics(workdir: str) -> list[dict]:
 
 
 def format_duration(seconds: float) -> str:
+    """Seconds as MM:SS, or H:MM:SS from one hour."""
     seconds = max(0, int(seconds))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
@@ -160,6 +161,7 @@ def format_duration(seconds: float) -> str:
 def progress_line(
     step: int, total: int, epoch: float, loss: float, images_per_s: float, eta_s: float
 ) -> str:
+    """The console progress line: bar, step, epoch, loss, images/s and ETA."""
     width = 20
     done = int(width * step / max(total, 1))
     bar = "#" * done + "." * (width - done)
@@ -170,4 +172,5 @@ def progress_line(
 
 
 def console(msg: str) -> None:
+    """Print one line of progress, flushed at once (logs of long runs are read live)."""
     print(msg, file=sys.stdout, flush=True)

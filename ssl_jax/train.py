@@ -30,6 +30,8 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclasses.dataclass
 class TrainResult:
+    """What ``train`` returns: the final state (on the mesh), the last metrics, the workdir."""
+
     state: Any
     last_metrics: dict
     workdir: str

@@ -52,6 +52,7 @@ class SSLNetwork(nnx.Module):
 
 
 def compute_dtype(config: Any) -> Any:
+    """The jnp dtype named by ``config.model.compute_dtype`` (parameters stay float32)."""
     name = config.model.compute_dtype
     if name not in COMPUTE_DTYPES:
         raise ValueError(
@@ -94,6 +95,7 @@ def build_network(config: Any, rngs: nnx.Rngs) -> SSLNetwork:
 
 
 def step_hparams(config: Any) -> StepHParams:
+    """The static hyper-parameters of the train step, from the config."""
     view1, view2 = augment.get_views(config.augment, config.image_size)
     return StepHParams(
         view1=view1,
@@ -106,6 +108,7 @@ def step_hparams(config: Any) -> StepHParams:
 
 
 def optimizer_for(config: Any):
+    """``(optimizer, schedule)`` for the config's global batch and number of steps."""
     return make_optimizer(
         config, total_steps=int(config.total_steps), global_batch_size=int(config.batch_size)
     )

@@ -11,7 +11,6 @@ Multi-process (one process per host, or several on one machine for testing):
 
 from __future__ import annotations
 
-import difflib
 import sys
 
 from absl import flags
@@ -71,16 +70,10 @@ def _parse(fv: flags.FlagValues, argv: list[str]):
 
 def _unknown_field_message(field: str) -> str:
     """Name the unknown config field and the closest known one."""
-    from ssl_jax.config import base_config
+    from ssl_jax.config import closest_field
 
-    def names(cfg, prefix=""):
-        for key, value in cfg.items():
-            yield from (
-                names(value, f"{prefix}{key}.") if hasattr(value, "items") else [prefix + key]
-            )
-
-    close = difflib.get_close_matches(field, list(names(base_config())), n=1)
-    hint = f" (did you mean --config.{close[0]}?)" if close else ""
+    close = closest_field(field)
+    hint = f" (did you mean --config.{close}?)" if close else ""
     return f"unknown config field '{field}'{hint}. See ssl_jax/config.py for every field."
 
 

@@ -74,19 +74,33 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def check_known_fields(
-    config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict | None = None
-) -> None:
+def field_names(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every leaf field as a dotted path, e.g. ``['method', ..., 'model.encoder', ...]``."""
+    names = []
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            names += field_names(value, f"{prefix}{key}.")
+        else:
+            names.append(prefix + key)
+    return names
+
+
+def closest_field(path: str) -> str | None:
+    """The schema field most like a misspelt dotted path, or None."""
+    close = difflib.get_close_matches(path, field_names(base_config()), n=1)
+    return close[0] if close else None
+
+
+def check_known_fields(config: ml_collections.ConfigDict) -> None:
     """Raise ValueError naming any field the schema does not have (and the closest one)."""
-    schema = base_config() if schema is None else schema
     problems = []
 
     def walk(cfg, ref, prefix):
         for key in cfg.keys():
             path = f"{prefix}{key}"
             if key not in ref:
-                close = difflib.get_close_matches(key, list(ref.keys()), n=1)
-                hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+                close = closest_field(path)
+                hint = f" (did you mean '{close}'?)" if close else ""
                 problems.append(f"unknown config field '{path}'{hint}")
             elif isinstance(ref[key], ml_collections.ConfigDict):
                 if isinstance(cfg[key], ml_collections.ConfigDict):
@@ -94,7 +108,7 @@ def check_known_fields(
                 else:
                     problems.append(f"config field '{path}' must be a group of fields")
 
-    walk(config, schema, "")
+    walk(config, base_config(), "")
     if problems:
         raise ValueError("; ".join(problems) + ". See ssl_jax/config.py for every field.")
 

@@ -101,7 +101,6 @@ def train(config, workdir: str) -> TrainResult:
             f"The dataset has {len(source)} images, fewer than one global batch "
             f"(config.batch_size={config.batch_size}): lower the batch size."
         )
-    steps_per_epoch = len(source) // config.batch_size
     iterator = data.train_iterator(
         source,
         global_batch_size=config.batch_size,
@@ -110,6 +109,7 @@ def train(config, workdir: str) -> TrainResult:
         process_count=jax.process_count(),
         worker_count=config.num_workers,
     )
+    steps_per_epoch = iterator.steps_per_epoch
 
     repl = parallel.replicated(mesh)
     key = jax.random.key(config.seed)

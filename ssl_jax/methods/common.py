@@ -102,8 +102,8 @@ def step_hparams(config: Any) -> StepHParams:
         view2=view2,
         compute_dtype=compute_dtype(config),
         total_steps=int(config.total_steps),
-        temperature=float(config.get("temperature", 0.1)),
-        base_tau=float(config.get("base_tau", 0.996)),
+        temperature=float(config.temperature),
+        base_tau=float(config.base_tau),
     )
 
 

@@ -370,7 +370,7 @@ def test_colour_ops_match_numpy(op, factor):
 
 def test_jitter_applies_the_ops_in_the_given_order():
     factors = jnp.array([1.4, 0.5, 1.9, 0.15])
-    run = jax.jit(A._jitter_in_order, static_argnames="use_hue")
+    run = jax.jit(A.ops._jitter_in_order, static_argnames="use_hue")
     img = np.asarray(IMG, np.float64)
     outcomes = set()
     for order in itertools.permutations(range(4)):
@@ -390,11 +390,13 @@ def test_jitter_applies_the_ops_in_the_given_order():
 
 def test_jitter_order_is_uniform_over_permutations():
     strengths = (0.4, 0.4, 0.4, 0.1)
-    orders, _ = over_keys(lambda k: A._jitter_params(jax.random.uniform(k, (8,)), *strengths), 2400)
+    orders, _ = over_keys(
+        lambda k: A.ops._jitter_params(jax.random.uniform(k, (8,)), *strengths), 2400
+    )
     codes = np.asarray(orders) @ np.array([64, 16, 4, 1])
     counts = np.unique(codes, return_counts=True)[1]
     assert len(counts) == 24 and counts.min() > 60  # expected 100 each
-    tied, _ = A._jitter_params(jnp.array([0.5, 0.5, 0.1, 0.5, 0, 0, 0, 0]), *strengths)
+    tied, _ = A.ops._jitter_params(jnp.array([0.5, 0.5, 0.1, 0.5, 0, 0, 0, 0]), *strengths)
     np.testing.assert_array_equal(tied, [2, 0, 1, 3])  # ties keep it a permutation
 
 

@@ -29,6 +29,6 @@ def get_config(arg: str | None = None):
     c.base_tau = 0.99
     c.optimizer, c.base_lr, c.lr_scaling = "lars", 1.0, "linear"
     c.weight_decay = 1e-5
-    c.log_every, c.checkpoint_every = 100, 5000
+    c.log_every, c.checkpoint_every, c.eval_every = 100, 5000, 5000
     c.num_workers = 4
     return c

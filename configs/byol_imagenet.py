@@ -31,6 +31,7 @@ def get_config(arg: str | None = None):
     c.base_tau = 0.996
     c.optimizer, c.base_lr, c.lr_scaling = "lars", 0.2, "linear"
     c.weight_decay = 1.5e-6
-    c.log_every, c.checkpoint_every = 100, 2500
+    c.log_every, c.checkpoint_every, c.eval_every = 100, 2500, 2500
+    c.eval_split = "validation"  # ImageNet's test split has no labels
     c.num_workers = 16
     return c

@@ -28,6 +28,6 @@ def get_config(arg: str | None = None):
     c.temperature = 0.2
     c.optimizer, c.base_lr, c.lr_scaling = "lars", 0.4, "linear"
     c.weight_decay = 1e-5
-    c.log_every, c.checkpoint_every = 100, 5000
+    c.log_every, c.checkpoint_every, c.eval_every = 100, 5000, 5000
     c.num_workers = 4
     return c

@@ -15,8 +15,12 @@ def get_config(arg: str | None = None):
     c.method = "simclr"
     c.dataset = "fashion_mnist"
     c.image_size, c.image_channels = 28, 1
+    c.data_in_memory = True  # 47 MB: batches straight from RAM, no per-record decoding
     c.augment = "grayscale"
     c.model.encoder = "convnet"
+    # Keep the 4x4 map (4,096 features) for downstream tasks; the head pools it, so the loss sees
+    # the usual globally pooled feature (see ssl_jax/models/convnet.py).
+    c.model.convnet_grid, c.model.head_pools = 4, True
     c.model.projector_hidden, c.model.projector_dim = 512, 128
 
     c.batch_size = 256
@@ -26,8 +30,9 @@ def get_config(arg: str | None = None):
     c.base_lr, c.lr_scaling = 0.075, "sqrt"  # 0.075 * sqrt(256) = 1.2 (SimCLR appendix B.1)
     c.weight_decay = 1e-6
     c.warmup_steps = 100
-    c.log_every, c.checkpoint_every = 50, 300
+    c.log_every, c.checkpoint_every, c.eval_every = 50, 300, 300
 
     if arg == "quick":
         c.total_steps, c.log_every, c.checkpoint_every, c.warmup_steps = 20, 5, 10, 5
+        c.eval_every = 10
     return c

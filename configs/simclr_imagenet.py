@@ -30,6 +30,7 @@ def get_config(arg: str | None = None):
     c.temperature = 0.1
     c.optimizer, c.base_lr, c.lr_scaling = "lars", 0.3, "linear"
     c.weight_decay = 1e-6
-    c.log_every, c.checkpoint_every = 100, 2500
+    c.log_every, c.checkpoint_every, c.eval_every = 100, 2500, 2500
+    c.eval_split = "validation"  # ImageNet's test split has no labels
     c.num_workers = 16
     return c

@@ -3,6 +3,7 @@
     ssl-jax pretrain --config configs/simclr_fashion_mnist.py --workdir runs/simclr \
         [--config.total_steps=2000 --config.batch_size=512 ...]
     ssl-jax evaluate --workdir runs/simclr [--label_fractions=0.01,0.1,1.0]
+    ssl-jax embed --workdir runs/simclr --data folder:/my/images --out features.npy
 
 Multi-process (one process per host, or several on one machine for testing):
 
@@ -23,6 +24,8 @@ commands:
              ssl-jax pretrain --config configs/<recipe>.py --workdir DIR [--config.FIELD=VALUE ...]
   evaluate   kNN and linear probes of a run's encoder and baselines (writes DIR/eval.json, .md):
              ssl-jax evaluate --workdir DIR [--label_fractions=0.01,0.1,1.0]
+  embed      a run's frozen features for a data source, in order (labels beside, if any):
+             ssl-jax embed --workdir DIR --data SOURCE --out features.npy [--split=train]
 
 Run `ssl-jax COMMAND --help` for a command's flags.
 """
@@ -136,11 +139,47 @@ def _evaluate_flags() -> flags.FlagValues:
     )
     flags.DEFINE_string("test_split", "test", "The split that is scored.", flag_values=fv)
     flags.DEFINE_integer("batch_size", 512, "Images per feature-extraction batch.", flag_values=fv)
+    flags.DEFINE_list(
+        "representations",
+        None,
+        "Any of ssl,random_init,raw_pixels,supervised (default: all).",
+        flag_values=fv,
+    )
+    flags.DEFINE_list(
+        "protocols",
+        None,
+        "Any of knn,linear,finetune (default: all); knn,linear skips the slow fine-tuning.",
+        flag_values=fv,
+    )
+    flags.DEFINE_list(
+        "finetune_fractions",
+        None,
+        "Label fractions to fine-tune on, each one of --label_fractions (default: those < 1).",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "finetune_steps",
+        None,
+        "Updates per fine-tuning run (default: 40 epochs of the subset, within [50, 200]).",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "finetune_batch_size", None, "Fine-tuning batch size (default: 256).", flag_values=fv
+    )
+    flags.DEFINE_float(
+        "finetune_lr", None, "Peak AdamW lr of the linear head (default: 3e-3).", flag_values=fv
+    )
+    flags.DEFINE_float(
+        "finetune_encoder_lr",
+        None,
+        "Peak AdamW lr of the encoder when fine-tuning (default: 3e-3).",
+        flag_values=fv,
+    )
     return fv
 
 
 def evaluate(argv: list[str]) -> int:
-    """`ssl-jax evaluate`: kNN and linear probes of a run and its baselines."""
+    """`ssl-jax evaluate`: kNN and linear probes and fine-tuning of a run, and its baselines."""
     argv = ["ssl-jax evaluate", *argv]
     fv = _evaluate_flags()
     if "--help" in argv or "-h" in argv:
@@ -153,31 +192,131 @@ def evaluate(argv: list[str]) -> int:
         raise SystemExit(f"ssl-jax evaluate: {e}") from None
     if fv.workdir is None:
         raise SystemExit("ssl-jax evaluate: --workdir DIR (a pretraining run) is required.")
-    try:
-        fractions = [float(f) for f in fv.label_fractions]
-    except ValueError:
-        raise SystemExit(
-            f"ssl-jax evaluate: --label_fractions must be numbers in (0, 1], got "
-            f"{','.join(fv.label_fractions)}."
-        ) from None
+    fractions = {}
+    for name in ("label_fractions", "finetune_fractions"):
+        if fv[name].value is None:
+            continue
+        try:
+            fractions[name] = [float(f) for f in fv[name].value]
+        except ValueError:
+            raise SystemExit(
+                f"ssl-jax evaluate: --{name} must be numbers in (0, 1], got "
+                f"{','.join(fv[name].value)}."
+            ) from None
+    # Only the flags given: the library's defaults stay in one place.
+    optional = {
+        name: fv[name].value
+        for name in (
+            "representations",
+            "protocols",
+            "finetune_steps",
+            "finetune_batch_size",
+            "finetune_lr",
+            "finetune_encoder_lr",
+        )
+        if fv[name].value is not None
+    }
 
     from ssl_jax.evaluation import evaluate as run_evaluation
 
     try:
         run_evaluation(
             fv.workdir,
-            label_fractions=fractions,
             seed=fv.seed,
             step=fv.step,
             test_split=fv.test_split,
             batch_size=fv.batch_size,
+            **fractions,
+            **optional,
         )
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
         raise SystemExit(f"ssl-jax evaluate: {e}") from None
     return 0
 
 
-COMMANDS = {"pretrain": pretrain, "evaluate": evaluate}
+def _embed_flags() -> flags.FlagValues:
+    fv = flags.FlagValues()
+    flags.DEFINE_string(
+        "workdir", None, "A pretraining run (config.json + checkpoints/).", flag_values=fv
+    )
+    flags.DEFINE_string(
+        "data",
+        None,
+        "Images to embed: fashion_mnist | tfds:NAME | folder:/path | synthetic.",
+        flag_values=fv,
+    )
+    flags.DEFINE_string("out", None, "Output .npy file: float32 features [N, F].", flag_values=fv)
+    flags.DEFINE_string("split", "train", "Split of the data source.", flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "TFDS data dir (tfds: sources).", flag_values=fv)
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 512, "Images per batch.", flag_values=fv)
+    return fv
+
+
+def embed(argv: list[str]) -> int:
+    """`ssl-jax embed`: a run's frozen features for every image of a data source, in order."""
+    argv = ["ssl-jax embed", *argv]
+    fv = _embed_flags()
+    usage = "usage: ssl-jax embed --workdir DIR --data SOURCE --out features.npy [--split=train]"
+    if "--help" in argv or "-h" in argv:
+        print(usage + "\n")
+        print(fv.module_help(__name__))
+        return 0
+    try:
+        fv(argv)
+    except flags.Error as e:
+        raise SystemExit(f"ssl-jax embed: {e}") from None
+    missing = [f"--{n}" for n in ("workdir", "data", "out") if fv[n].value is None]
+    if missing:
+        raise SystemExit(f"ssl-jax embed: {', '.join(missing)} required.\n{usage}")
+
+    import os
+
+    import numpy as np
+
+    from ssl_jax import data, logs
+    from ssl_jax.evaluation import extract_features, load_encoder
+
+    try:
+        encoder = load_encoder(fv.workdir, step=fv.step)
+        channels = int(encoder.config.image_channels)
+        kw = {"channels": channels} if fv.data.startswith("folder:") else {}
+        if fv.data == "synthetic":
+            size = encoder.image_size
+            kw = {"image_shape": (size, size, channels)}
+        source = data.get_source(
+            fv.data,
+            split=fv.split,
+            data_dir=fv.data_dir,
+            image_size=encoder.image_size if fv.data.startswith("folder:") else None,
+            **kw,
+        )
+        if source.image_shape[-1] != channels:
+            raise ValueError(
+                f"{source.name} has {source.image_shape[-1]}-channel images but the encoder "
+                f"was trained on {channels}."
+            )
+        feats, labels = extract_features(
+            source, {"f": encoder}, batch_size=fv.batch_size, description="embedding"
+        )
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"ssl-jax embed: {e}") from None
+    out = fv.out if fv.out.endswith(".npy") else fv.out + ".npy"
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    np.save(out, feats["f"])
+    written = [f"{out} (float32 {feats['f'].shape})"]
+    if (labels >= 0).all():
+        labels_out = out[: -len(".npy")] + "_labels.npy"
+        np.save(labels_out, labels)
+        written.append(f"{labels_out} (int32 [{len(labels)}])")
+    logs.console(
+        f"embedded {len(labels):,} images of {source.name} with {encoder.workdir} "
+        f"(step {encoder.step}): " + ", ".join(written)
+    )
+    return 0
+
+
+COMMANDS = {"pretrain": pretrain, "evaluate": evaluate, "embed": embed}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,10 +24,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset = "fashion_mnist"  # fashion_mnist | tfds:NAME | folder:/path | synthetic
     c.data_dir = config_dict.placeholder(str)  # TFDS data dir (None: TFDS's default)
     c.train_split = "train"
+    c.eval_split = "test"  # labelled split the kNN monitor scores (imagenet: validation)
     c.image_size = 28  # side of the augmented views fed to the encoder
     c.image_channels = 1  # 1 (grayscale) or 3 (RGB)
     c.data_image_size = config_dict.placeholder(int)  # host resize+centre-crop (None: native)
     c.num_workers = 0  # grain worker processes decoding on the host (0: in-process)
+    c.data_in_memory = False  # fashion_mnist / tfds: read the split into RAM once (small data)
     c.synthetic_examples = 2048  # dataset=synthetic: number of images
     c.synthetic_classes = 10  # dataset=synthetic: number of classes
 
@@ -36,6 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.total_steps = 1000
     c.log_every = 50  # console line + metrics.jsonl + TensorBoard every N steps
     c.checkpoint_every = 500  # 0: only at the end
+    c.eval_every = 1000  # kNN monitor (knn_top1 in the metrics) every N steps; 0: off
     c.keep_checkpoints = 3
     c.num_devices = config_dict.placeholder(int)  # None: all devices
     c.eval_at_end = True  # `ssl-jax pretrain` runs `ssl-jax evaluate` when training ends
@@ -49,6 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.stem = "cifar"  # resnets: imagenet (7x7/2 + max-pool) | cifar (3x3/1)
     c.model.width = 1  # resnets: channel multiplier
     c.model.convnet_features = (32, 64, 128, 256)  # convnet: channels of its conv layers
+    c.model.convnet_grid = 1  # convnet: average-pool the last map to GxG, flatten (1: global)
+    c.model.head_pools = False  # convnet_grid > 1: the projection head averages the GxG cells
     c.model.conv_impl = "auto"  # auto (im2col on CPU, library conv elsewhere) | xla | im2col
     c.model.projector_hidden = 512
     c.model.projector_dim = 128
@@ -59,6 +64,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Method hyper-parameters.
     c.temperature = 0.2  # SimCLR NT-Xent temperature
+    # SimCLR: stream NT-Xent over candidate blocks of this many columns (exact; memory per device
+    # O(rows x block), not O(rows x 2N)); None: the direct [2N, 2N] formula. Set it for 2N > ~16k.
+    c.loss_block_size = config_dict.placeholder(int)
     c.base_tau = 0.996  # BYOL target EMA rate at step 0 (rises to 1)
 
     # Optimizer.
@@ -127,12 +135,26 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(c.total_steps >= 1, "total_steps", c.total_steps, "must be >= 1")
     _require(c.log_every >= 1, "log_every", c.log_every, "must be >= 1")
     _require(c.checkpoint_every >= 0, "checkpoint_every", c.checkpoint_every, "must be >= 0")
+    _require(c.eval_every >= 0, "eval_every", c.eval_every, "must be >= 0 (0 turns it off)")
     _require(c.keep_checkpoints >= 1, "keep_checkpoints", c.keep_checkpoints, "must be >= 1")
     _require(c.image_size >= 8, "image_size", c.image_size, "must be >= 8 pixels")
     _require(c.image_channels in (1, 3), "image_channels", c.image_channels, "must be 1 or 3")
     _require(c.num_workers >= 0, "num_workers", c.num_workers, "must be >= 0")
+    _require(
+        not c.data_in_memory or c.dataset == "fashion_mnist" or c.dataset.startswith("tfds:"),
+        "data_in_memory",
+        c.data_in_memory,
+        f"only fashion_mnist and tfds: datasets can be read into memory, not {c.dataset!r}",
+    )
     _require(c.temperature > 0, "temperature", c.temperature, "must be > 0")
+    _require(
+        c.loss_block_size is None or c.loss_block_size >= 1,
+        "loss_block_size",
+        c.loss_block_size,
+        "must be None (direct) or >= 1",
+    )
     _require(0.0 <= c.base_tau <= 1.0, "base_tau", c.base_tau, "must be in [0, 1]")
+    _require(c.model.convnet_grid >= 1, "model.convnet_grid", c.model.convnet_grid, "must be >= 1")
     _require(
         c.model.projector_layers >= 1, "model.projector_layers", c.model.projector_layers, ">= 1"
     )

@@ -18,10 +18,26 @@ Gradients taken inside the mapped function follow the mapping's convention for `
 
 Inputs of any floating dtype are computed in at least float32 (bfloat16 is cast up before any
 arithmetic), so the result is float32 for bfloat16/float16/float32 inputs and float64 for float64.
+
+Memory of the contrastive losses. :func:`nt_xent` and :func:`contrastive_accuracy` score each
+anchor against all ``2N`` embeddings. By default (``block_size=None``) the ``[2n, 2N]`` logits of
+the local anchors are formed at once: fastest for the batches of a few thousand that SimCLR uses,
+but quadratic in the batch (``2N = 131,072`` would need 68.7 GB for the full matrix, 8.6 GB per
+device on 8 devices). With ``block_size=B`` the candidates are streamed in column blocks of ``B``
+with an online logsumexp (the FlashAttention recurrence; Milakov & Gimelshein 2018, Dao et al.
+2022), and the gradient of :func:`nt_xent` comes from a custom VJP that streams the blocks again,
+so neither pass holds more than a ``[2n, B]`` block: per device, O(n B + N D) memory instead of
+O(n N). The result is the same function (exact up to float rounding), for any ``B`` (the last
+block is padded and masked). Under plain ``jit`` on a batch-sharded array, XLA's SPMD partitioner
+keeps the anchor rows sharded through the streaming loop (checked on the compiled HLO: one
+all-gather of the embeddings, one of two scalars per anchor, no collective inside the loop), so
+the blocked path is row-blocked per device without ``shard_map``; with ``axis_name`` it is the
+same computation, written per device.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable
 
 import jax
@@ -33,6 +49,10 @@ __all__ = ["byol_loss", "contrastive_accuracy", "nt_xent"]
 # Floor on the L2 norm: a zero embedding normalises to zero (cosine 0 with everything) with a finite
 # gradient instead of 0/0. Real projections have norms many orders of magnitude above it.
 _NORM_EPS = 1e-6
+
+# HIGHEST for the similarity matmuls: with temperature 0.1 a TF32/bf16-pass matmul error of 1e-3 in
+# a cosine becomes 1e-2 in a logit; the [2n, D] x [D, 2N] product is negligible next to the encoder.
+_PRECISION = jax.lax.Precision.HIGHEST
 
 
 def _check_pair(a: jax.Array, b: jax.Array, names: tuple[str, str]) -> None:
@@ -62,6 +82,16 @@ def _check_temperature(temperature: ArrayLike) -> None:
         raise ValueError(f"temperature must be > 0; got {temperature}.")
 
 
+def _check_block_size(block_size: int | None) -> None:
+    if block_size is None:
+        return
+    if isinstance(block_size, bool) or not hasattr(block_size, "__index__") or block_size < 1:
+        raise ValueError(
+            "block_size must be a positive int (candidate columns per streamed block) or None "
+            f"(the direct formula); got {block_size!r}."
+        )
+
+
 def _as_float(x: ArrayLike) -> jax.Array:
     # Cast up before normalising: bfloat16 sums of squares and dot products lose ~3 digits.
     x = jnp.asarray(x)
@@ -75,53 +105,179 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.maximum(sq, jnp.asarray(_NORM_EPS**2, x.dtype)))
 
 
-def _local_offset_and_size(n_local: int, axis_name: Hashable | None) -> tuple[jax.Array, int]:
-    """(global index of this device's first row, global batch size N)."""
-    if axis_name is None:
-        return jnp.zeros((), jnp.int32), n_local
-    return jax.lax.axis_index(axis_name) * n_local, n_local * jax.lax.axis_size(axis_name)
+def _global_size(n_local: int, axis_name: Hashable | None) -> int:
+    """The global batch size N (static)."""
+    return n_local if axis_name is None else n_local * jax.lax.axis_size(axis_name)
 
 
-def _contrastive_logits(
-    z1: ArrayLike, z2: ArrayLike, temperature: ArrayLike, axis_name: Hashable | None
-) -> tuple[jax.Array, jax.Array, int]:
-    """Masked cosine logits of the local anchors against every candidate in the global batch.
+def _normalized_views(z1: ArrayLike, z2: ArrayLike) -> jax.Array:
+    """``[2, n, D]`` unit embeddings, view first.
 
-    Returns:
-      (logits [2n, 2N], positive column [2n] int32, global anchor count 2N). Local anchor rows are
-      ordered (z1 rows, z2 rows); candidate columns are (all of z1, all of z2) in global order. The
-      self-similarity entry of each row holds a large finite negative value.
+    Stacking on a NEW leading axis (not concatenating the rows) keeps the batch axis, and with it
+    its sharding under ``jit``: a ``[2n]`` concatenation of two batch-sharded arrays cannot be
+    sharded like its parts, and XLA fills the gap with collective-permutes.
     """
     z1, z2 = _as_float(z1), _as_float(z2)
     _check_pair(z1, z2, ("z1", "z2"))
-    _check_temperature(temperature)
-    n = z1.shape[0]
-    u1, u2 = _l2_normalize(z1), _l2_normalize(z2)
-    offset, n_global = _local_offset_and_size(n, axis_name)
-    if axis_name is None:
-        g1, g2 = u1, u2
-    else:
-        # The transpose of a tiled all_gather is a reduce-scatter, so gradients of other devices'
-        # anchors w.r.t. these rows flow back here.
-        g1 = jax.lax.all_gather(u1, axis_name, tiled=True)
-        g2 = jax.lax.all_gather(u2, axis_name, tiled=True)
-    anchors = jnp.concatenate([u1, u2], axis=0)
-    candidates = jnp.concatenate([g1, g2], axis=0)
-    # HIGHEST: with temperature 0.1 a TF32/bf16-pass matmul error of 1e-3 in a cosine becomes 1e-2
-    # in a logit; this [2n, D] x [D, 2N] product is negligible next to the encoder.
-    logits = jnp.matmul(anchors, candidates.T, precision=jax.lax.Precision.HIGHEST)
-    logits = logits / jnp.asarray(temperature, logits.dtype)
+    return jnp.stack([_l2_normalize(z1), _l2_normalize(z2)])
 
-    rows = jnp.arange(n, dtype=jnp.int32) + offset
-    self_col = jnp.concatenate([rows, rows + n_global])
-    pos_col = jnp.concatenate([rows + n_global, rows])
-    cols = jnp.arange(2 * n_global, dtype=jnp.int32)
-    # A finite value under where(), before any exp: an -inf mask turns into NaN as soon as it meets
-    # arithmetic (inf * 0 in a multiplicative mask, -inf - -inf in a max shift), while where()
-    # keeps the forward finite and sends exactly zero gradient to the masked entry.
+
+def _gather_rows(x: jax.Array, axis_name: Hashable | None) -> jax.Array:
+    """``[2, n, ...]`` local rows -> ``[2, N, ...]`` global rows (identity without axis_name)."""
+    if axis_name is None:
+        return x
+    # The transpose of a tiled all_gather is a reduce-scatter, so gradients of other devices'
+    # anchors w.r.t. these rows flow back here.
+    return jax.lax.all_gather(x, axis_name, axis=1, tiled=True)
+
+
+def _self_columns(n_local: int, axis_name: Hashable | None) -> jax.Array:
+    """``[2, n]`` int32: the candidate column of each local anchor itself.
+
+    Candidates are ordered (all first views, all second views) in global batch order, so the
+    positive of anchor ``(v, i)`` is the self column of ``(1 - v, i)``.
+    """
+    rows = jnp.arange(n_local, dtype=jnp.int32)
+    if axis_name is not None:
+        rows = rows + jax.lax.axis_index(axis_name) * n_local
+    return jnp.stack([rows, rows + _global_size(n_local, axis_name)])
+
+
+def _masked_logits(
+    u: jax.Array,
+    candidates: jax.Array,
+    start: jax.Array | int,
+    self_cols: jax.Array,
+    count: int,
+    temperature: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """Logits ``[2, n, B]`` of the anchors u against candidate columns ``start .. start + B``.
+
+    Returns (logits, mask); masked entries (the anchor itself, padding columns ``>= count``) hold
+    a large finite negative value: an -inf mask turns into NaN as soon as it meets arithmetic
+    (inf * 0, -inf - -inf in a max shift), while where() keeps the forward finite and sends
+    exactly zero gradient to the masked entry.
+    """
+    logits = jnp.einsum("vnd,bd->vnb", u, candidates, precision=_PRECISION) / temperature
+    cols = start + jnp.arange(candidates.shape[0], dtype=jnp.int32)
+    mask = (cols == self_cols[..., None]) | (cols >= count)
     neg = jnp.asarray(jnp.finfo(logits.dtype).min / 2, logits.dtype)
-    logits = jnp.where(cols[None, :] == self_col[:, None], neg, logits)
-    return logits, pos_col, 2 * n_global
+    return jnp.where(mask, neg, logits), mask
+
+
+def _column_blocks(x: jax.Array, block_size: int) -> tuple[jax.Array, jax.Array]:
+    """``[C, ...]`` -> (``[C / B, B, ...]`` zero-padded blocks, ``[C / B]`` first columns)."""
+    num_blocks = -(-x.shape[0] // block_size)
+    pad = [(0, num_blocks * block_size - x.shape[0])] + [(0, 0)] * (x.ndim - 1)
+    blocks = jnp.pad(x, pad).reshape(num_blocks, block_size, *x.shape[1:])
+    return blocks, jnp.arange(num_blocks, dtype=jnp.int32) * block_size
+
+
+def _streamed_forward(
+    u: jax.Array, temperature: jax.Array, axis_name: Hashable | None, block_size: int
+) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+    """((lse, mean logit), candidates) of the anchors u: [2, n, D], one column block at a time."""
+    candidates = _gather_rows(u, axis_name).reshape(-1, u.shape[-1])
+    count = candidates.shape[0]
+    blocks, starts = _column_blocks(candidates, min(block_size, count))
+    self_cols = _self_columns(u.shape[1], axis_name)
+
+    def step(carry, block):
+        # Online logsumexp: m is the running max, s the sum of exp(logit - m), t the sum of
+        # exp(logit - m) * logit; both sums are rescaled whenever the max grows.
+        m, s, t = carry
+        logits, mask = _masked_logits(u, block[0], block[1], self_cols, count, temperature)
+        m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
+        scale = jnp.exp(m - m_new)
+        # where(): a row whose first block is all masked has m_new = the mask value, so the
+        # masked entries would count as exp(0) = 1 (and t overflow) until a real column arrives.
+        e = jnp.where(mask, 0.0, jnp.exp(logits - m_new[..., None]))
+        s = s * scale + jnp.sum(e, axis=-1)
+        t = t * scale + jnp.sum(e * logits, axis=-1)
+        return (m_new, s, t), None
+
+    # *_like(u[..., 0]) rather than zeros(shape): inside shard_map the carry must have the same
+    # varying-over-axes type as the values the loop body produces.
+    neg = jnp.finfo(u.dtype).min / 2
+    init = (jnp.full_like(u[..., 0], neg), jnp.zeros_like(u[..., 0]), jnp.zeros_like(u[..., 0]))
+    (m, s, t), _ = jax.lax.scan(step, init, (blocks, starts))
+    # Every anchor has at least one unmasked candidate (its positive), so s > 0.
+    return (m + jnp.log(s), t / s), candidates
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _streamed_logsumexp(
+    u: jax.Array, temperature: jax.Array, axis_name: Hashable | None, block_size: int
+) -> tuple[jax.Array, jax.Array]:
+    """Per anchor: logsumexp of its logits over all other candidates, and its softmax-mean logit.
+
+    Args:
+      u: ``[2, n, D]`` unit embeddings of the local anchors (all of them without axis_name).
+      temperature: scalar. Its gradient is NOT computed here (a zero is returned): callers pass
+        it through stop_gradient and add its derivative, ``-mean_logit / temperature``, outside.
+      axis_name: the mapped axis to gather candidates across, or None.
+      block_size: candidate columns per block.
+
+    Returns:
+      (lse ``[2, n]``, mean logit ``[2, n]``); the second output carries no gradient.
+    """
+    return _streamed_forward(u, temperature, axis_name, block_size)[0]
+
+
+def _streamed_logsumexp_fwd(u, temperature, axis_name, block_size):
+    (lse, mean_logit), candidates = _streamed_forward(u, temperature, axis_name, block_size)
+    return (lse, mean_logit), (u, candidates, temperature, lse)
+
+
+def _streamed_logsumexp_bwd(axis_name, block_size, residuals, cotangents):
+    u, candidates, temperature, lse = residuals
+    g, _ = cotangents  # the mean logit is stop_gradient-ed by every caller
+    # d(sum_i g_i lse_i)/du_r = (1/T) sum_j (g_r p_rj + g_j p_jr) u_j with p_ij = exp(L_ij - lse_i).
+    # L = U U^T / T is symmetric, so p_jr = exp(L_rj - lse_j): the whole gradient of the local rows
+    # comes from the same [2n, B] blocks, given every anchor's (lse, g) -- 2N pairs of scalars, one
+    # small all-gather -- instead of a [2N, D] reduce-scatter of candidate gradients.
+    stats = _gather_rows(jnp.stack([lse, g], axis=-1), axis_name).reshape(-1, 2)  # [2N, 2]
+    count = candidates.shape[0]
+    size = min(block_size, count)
+    blocks, starts = _column_blocks(candidates, size)
+    stat_blocks, _ = _column_blocks(stats, size)  # padding: lse 0, g 0 (masked columns anyway)
+    self_cols = _self_columns(u.shape[1], axis_name)
+
+    def step(du, block):
+        cand, start, stat = block
+        logits, _ = _masked_logits(u, cand, start, self_cols, count, temperature)
+        # Masked logits are ~-1.7e38 (float32), so both exponentials are exactly 0 there.
+        w = jnp.exp(logits - lse[..., None]) * g[..., None]
+        w = w + jnp.exp(logits - stat[:, 0]) * stat[:, 1]
+        return du + jnp.einsum("vnb,bd->vnd", w, cand, precision=_PRECISION), None
+
+    du, _ = jax.lax.scan(step, jnp.zeros_like(u), (blocks, starts, stat_blocks))
+    return du / temperature, jnp.zeros_like(temperature)
+
+
+_streamed_logsumexp.defvjp(_streamed_logsumexp_fwd, _streamed_logsumexp_bwd)
+
+
+def _streamed_argmax(u: jax.Array, axis_name: Hashable | None, block_size: int) -> jax.Array:
+    """``[2, n]`` int32: each anchor's most similar other candidate, one column block at a time."""
+    candidates = _gather_rows(u, axis_name).reshape(-1, u.shape[-1])
+    count = candidates.shape[0]
+    blocks, starts = _column_blocks(candidates, min(block_size, count))
+    self_cols = _self_columns(u.shape[1], axis_name)
+    one = jnp.ones((), u.dtype)
+
+    def step(carry, block):
+        best, arg = carry
+        logits, _ = _masked_logits(u, block[0], block[1], self_cols, count, one)
+        block_best = jnp.max(logits, axis=-1)
+        block_arg = jnp.argmax(logits, axis=-1).astype(jnp.int32) + block[1]
+        # Strictly greater: on ties the earlier block keeps the lowest index, like jnp.argmax.
+        better = block_best > best
+        return (jnp.where(better, block_best, best), jnp.where(better, block_arg, arg)), None
+
+    init = (jnp.full_like(u[..., 0], -jnp.inf), jnp.zeros_like(u[..., 0], dtype=jnp.int32))
+    (_, arg), _ = jax.lax.scan(step, init, (blocks, starts))
+    return arg
 
 
 def _global_mean(local_sum: jax.Array, count: int, axis_name: Hashable | None) -> jax.Array:
@@ -138,6 +294,7 @@ def nt_xent(
     *,
     temperature: ArrayLike = 0.1,
     axis_name: Hashable | None = None,
+    block_size: int | None = None,
 ) -> jax.Array:
     r"""Normalised temperature-scaled cross-entropy (NT-Xent), the SimCLR loss.
 
@@ -150,50 +307,91 @@ def nt_xent(
 
     and the loss is the mean of ``\ell`` over the ``2N`` anchors.
 
-    Without ``axis_name`` the full ``[2N, 2N]`` similarity matrix is formed (under ``jax.jit`` on a
-    mesh-sharded batch, XLA distributes it). With ``axis_name``, inside ``jax.shard_map`` or
-    ``jax.pmap``, each device passes its local ``[n, D]`` rows; the rows are all-gathered over the
-    axis and each device holds only the ``[2n, 2N]`` block of its own anchors against all ``2N``
-    candidates, never the ``[2N, 2N]`` matrix. The returned value is the same on every device and,
-    as are its gradients, equal to the loss over the global batch.
+    Without ``axis_name`` the anchors are scored against the whole batch (under ``jax.jit`` on a
+    mesh-sharded batch, XLA keeps the anchor rows sharded and all-gathers the ``[2N, D]``
+    candidates). With ``axis_name``, inside ``jax.shard_map`` or ``jax.pmap``, each device passes
+    its local ``[n, D]`` rows; the rows are all-gathered over the axis and each device scores only
+    its own ``2n`` anchors. The returned value is the same on every device and, as are its
+    gradients, equal to the loss over the global batch.
+
+    ``block_size`` bounds the memory. ``None`` forms the ``[2n, 2N]`` logits at once (the fastest
+    for batches up to a few thousand). An int streams the candidates in blocks of that many
+    columns with an online logsumexp, forward and backward (a custom VJP), so no device holds more
+    than a ``[2n, block_size]`` block: about ``3 * 2n * block_size + 3 * 2N * D`` floats per
+    device in all. Same value and gradients, for any ``block_size >= 1`` (divisibility is not
+    needed; ``block_size >= 2N`` is one block). The gradient w.r.t. ``temperature`` is exact to
+    first order (a learned temperature works; second derivatives in it are not supported).
 
     References:
       Chen et al., `A Simple Framework for Contrastive Learning of Visual Representations
-      <https://arxiv.org/abs/2002.05709>`_, 2020 (Algorithm 1).
+      <https://arxiv.org/abs/2002.05709>`_, 2020 (Algorithm 1). Online softmax: Milakov &
+      Gimelshein, `Online normalizer calculation for softmax <https://arxiv.org/abs/1805.02867>`_,
+      2018; Dao et al., `FlashAttention <https://arxiv.org/abs/2205.14135>`_, 2022.
 
     Args:
       z1: ``[N, D]`` embeddings of the first views (local rows ``[n, D]`` with ``axis_name``).
       z2: ``[N, D]`` embeddings of the second views, in the same image order.
       temperature: ``tau > 0``; the cosine similarities are divided by it.
       axis_name: the mapped axis of ``shard_map``/``pmap`` to gather negatives across, or None.
+      block_size: candidate columns per streamed block, or None for the direct formula.
 
     Returns:
       A float32 scalar (float64 for float64 inputs); bfloat16 inputs are cast up first.
 
     Raises:
-      ValueError: if ``z1`` or ``z2`` is not 2-D or is empty, if their shapes differ, or if
-        ``temperature <= 0`` (checked when the temperature is concrete).
+      ValueError: if ``z1`` or ``z2`` is not 2-D or is empty, if their shapes differ, if
+        ``temperature <= 0`` (checked when the temperature is concrete), or if ``block_size`` is
+        neither None nor a positive int.
 
     Examples:
       >>> import jax.numpy as jnp
       >>> z = jnp.eye(4)
       >>> float(nt_xent(z[:2], z[2:], temperature=0.5))  # positives orthogonal, as are negatives
       1.0986123...
+      >>> float(nt_xent(z[:2], z[2:], temperature=0.5, block_size=3))  # streamed: same value
+      1.0986123...
     """
-    logits, pos_col, count = _contrastive_logits(z1, z2, temperature, axis_name)
-    pos = jnp.take_along_axis(logits, pos_col[:, None], axis=1)[:, 0]
-    per_anchor = jax.nn.logsumexp(logits, axis=1) - pos
-    return _global_mean(jnp.sum(per_anchor), count, axis_name)
+    # A named scope labels the loss's ops (and the all-gather XLA inserts for it) in the HLO and in
+    # profiles: ssl_jax.profiling uses it to tell the embedding gather from any other.
+    with jax.named_scope("nt_xent"):
+        _check_temperature(temperature)
+        _check_block_size(block_size)
+        u = _normalized_views(z1, z2)
+        temperature = jnp.asarray(temperature, u.dtype)
+        n = u.shape[1]
+        # Both anchors of image i have the same positive logit, s(z1_i, z2_i) / tau.
+        pos = jnp.sum(u[0] * u[1], axis=-1) / temperature
+        if block_size is None:
+            candidates = _gather_rows(u, axis_name).reshape(-1, u.shape[-1])
+            logits, _ = _masked_logits(
+                u, candidates, 0, _self_columns(n, axis_name), candidates.shape[0], temperature
+            )
+            lse = jax.nn.logsumexp(logits, axis=-1)
+        else:
+            frozen = jax.lax.stop_gradient(temperature)
+            lse, mean_logit = _streamed_logsumexp(u, frozen, axis_name, int(block_size))
+            # The custom VJP differentiates w.r.t. the embeddings only. d lse / d tau is
+            # -E_softmax[logit] / tau; adding it as a term whose value is exactly zero gives a
+            # learned or scheduled temperature its gradient through ordinary autodiff, which also
+            # applies the mapping's psum convention to it.
+            slope = jax.lax.stop_gradient(-mean_logit / frozen)
+            lse = lse + slope * (temperature - frozen)
+        local_sum = jnp.sum(lse) - 2.0 * jnp.sum(pos)
+        return _global_mean(local_sum, 2 * _global_size(n, axis_name), axis_name)
 
 
 def contrastive_accuracy(
-    z1: ArrayLike, z2: ArrayLike, *, axis_name: Hashable | None = None
+    z1: ArrayLike,
+    z2: ArrayLike,
+    *,
+    axis_name: Hashable | None = None,
+    block_size: int | None = None,
 ) -> jax.Array:
     """Fraction of anchors whose most similar other embedding is their positive.
 
     The top-1 accuracy of the NT-Xent classification task (a training metric): the same anchors,
     candidates and self-exclusion as :func:`nt_xent`, which shares its logits code. It carries no
-    gradient. Ties go to the lowest candidate index (``jnp.argmax``).
+    gradient. Ties go to the lowest candidate index (``jnp.argmax``), streamed or not.
 
     References:
       Chen et al., `A Simple Framework for Contrastive Learning of Visual Representations
@@ -204,12 +402,15 @@ def contrastive_accuracy(
       z2: ``[N, D]`` embeddings of the second views, in the same image order.
       axis_name: the mapped axis of ``shard_map``/``pmap`` to gather candidates across, or None;
         each device then holds a ``[2n, 2N]`` block only, and all get the global accuracy.
+      block_size: candidate columns per streamed block (a running argmax; memory
+        ``[2n, block_size]``), or None for the direct ``[2n, 2N]`` comparison.
 
     Returns:
       A float32 scalar in ``[0, 1]`` (float64 for float64 inputs).
 
     Raises:
-      ValueError: if ``z1`` or ``z2`` is not 2-D or is empty, or if their shapes differ.
+      ValueError: if ``z1`` or ``z2`` is not 2-D or is empty, if their shapes differ, or if
+        ``block_size`` is neither None nor a positive int.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -217,11 +418,23 @@ def contrastive_accuracy(
       >>> float(contrastive_accuracy(z[:2], z[:2] + 0.1 * z[2:]))
       1.0
     """
-    z1, z2 = jax.lax.stop_gradient(_as_float(z1)), jax.lax.stop_gradient(_as_float(z2))
-    # Temperature does not change the argmax; 1 keeps the logits equal to the cosines.
-    logits, pos_col, count = _contrastive_logits(z1, z2, 1.0, axis_name)
-    hits = (jnp.argmax(logits, axis=1) == pos_col).astype(logits.dtype)
-    return _global_mean(jnp.sum(hits), count, axis_name)
+    with jax.named_scope("contrastive_accuracy"):
+        _check_block_size(block_size)
+        u = jax.lax.stop_gradient(_normalized_views(z1, z2))
+        n = u.shape[1]
+        self_cols = _self_columns(n, axis_name)
+        if block_size is None:
+            candidates = _gather_rows(u, axis_name).reshape(-1, u.shape[-1])
+            # Temperature does not change the argmax; 1 keeps the logits equal to the cosines.
+            logits, _ = _masked_logits(
+                u, candidates, 0, self_cols, candidates.shape[0], jnp.ones((), u.dtype)
+            )
+            best = jnp.argmax(logits, axis=-1)
+        else:
+            best = _streamed_argmax(u, axis_name, int(block_size))
+        # The positive of an anchor is the self column of the other view of its image.
+        hits = (best == self_cols[::-1]).astype(u.dtype)
+        return _global_mean(jnp.sum(hits), 2 * _global_size(n, axis_name), axis_name)
 
 
 def byol_loss(
@@ -258,9 +471,10 @@ def byol_loss(
       >>> float(byol_loss(p, jnp.array([[3.0, 0.0], [1.0, 0.0]])))  # cos = 1 and 0
       1.0
     """
-    p = _as_float(prediction)
-    t = jax.lax.stop_gradient(_as_float(target))
-    _check_pair(p, t, ("prediction", "target"))
-    cos = jnp.sum(_l2_normalize(p) * _l2_normalize(t), axis=-1)
-    n_global = _local_offset_and_size(p.shape[0], axis_name)[1]
-    return _global_mean(jnp.sum(2.0 - 2.0 * cos), n_global, axis_name)
+    with jax.named_scope("byol_loss"):
+        p = _as_float(prediction)
+        t = jax.lax.stop_gradient(_as_float(target))
+        _check_pair(p, t, ("prediction", "target"))
+        cos = jnp.sum(_l2_normalize(p) * _l2_normalize(t), axis=-1)
+        n_global = _global_size(p.shape[0], axis_name)
+        return _global_mean(jnp.sum(2.0 - 2.0 * cos), n_global, axis_name)

@@ -40,6 +40,8 @@ class TrainResult:
 def make_source(config, split: str | None = None):
     """The configured data source (for training, or another split for evaluation)."""
     kwargs: dict[str, Any] = {}
+    if config.data_in_memory:
+        kwargs["in_memory"] = True
     if config.dataset == "synthetic":
         shape = (config.image_size, config.image_size, config.image_channels)
         kwargs = dict(
@@ -137,6 +139,12 @@ def train(config, workdir: str) -> TrainResult:
         if latest is not None:
             logs.console(f"resumed from {ckpt.directory}/{latest} at step {start_step}")
 
+    monitor = None
+    if is_main and config.eval_every:
+        from ssl_jax.evaluation.monitor import make_monitor  # evaluation imports this module
+
+        monitor = make_monitor(config, source, lambda: make_source(config, config.eval_split))
+
     step_fn = jax.jit(
         method.train_step,
         in_shardings=(repl, parallel.data_sharding(mesh), repl),
@@ -188,9 +196,22 @@ def train(config, workdir: str) -> TrainResult:
                 t_last, step_last = time.perf_counter(), step
 
             last = step == config.total_steps
+            knn = {}
+            if monitor is not None and (step % config.eval_every == 0 or last):
+                check_finite()
+                t_knn = time.perf_counter()
+                knn = monitor(state)
+                logs.console(
+                    f"step {step}: kNN monitor top-1 {100 * knn['knn_top1']:.1f}% "
+                    f"[{time.perf_counter() - t_knn:.1f} s]"
+                )
+                t_last += time.perf_counter() - t_knn  # keep images/s about training
+                if not (step % config.log_every == 0 or last):
+                    writer.write(step, knn)
             if step % config.log_every == 0 or last:
                 check_finite()
                 host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                host.update(knn)
                 now = time.perf_counter()
                 ips = (step - step_last) * config.batch_size / max(now - t_last, 1e-9)
                 host.update(epoch=step / steps_per_epoch, images_per_s=ips)
@@ -216,8 +237,19 @@ def train(config, workdir: str) -> TrainResult:
 
 
 def load_config(workdir: str):
-    """The resolved config a run saved in ``workdir/config.json``."""
-    import ml_collections
-
+    """The resolved config a run saved in ``workdir/config.json``. Fields added to the schema
+    after the run was made take their defaults, so older runs still load."""
     with open(os.path.join(workdir, "config.json")) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        saved = json.load(f)
+    config = config_lib.base_config()
+
+    def merge(target, values):
+        for key, value in values.items():
+            if isinstance(value, dict) and key in target and hasattr(target[key], "items"):
+                merge(target[key], value)
+            else:
+                with target.ignore_type():
+                    target[key] = tuple(value) if isinstance(value, list) else value
+
+    merge(config, saved)
+    return config

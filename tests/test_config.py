@@ -63,10 +63,20 @@ def test_unknown_nested_field():
         ("temperature", 0.0),
         ("image_channels", 2),
         ("base_tau", 1.5),
+        ("eval_every", -1),
     ],
 )
 def test_out_of_range_values_name_the_field(field, value):
     c = config_lib.base_config()
     c[field] = value
     with pytest.raises(ValueError, match=f"config.{field}"):
+        config_lib.validate(c)
+
+
+def test_data_in_memory_only_for_datasets_that_support_it():
+    c = config_lib.base_config()
+    c.data_in_memory = True
+    config_lib.validate(c)  # fashion_mnist: fine
+    c.dataset = "folder:/images"
+    with pytest.raises(ValueError, match=r"config.data_in_memory.*'folder:/images'"):
         config_lib.validate(c)

@@ -226,7 +226,10 @@ def test_evaluate_end_to_end(tiny_run, monkeypatch, capsys):
 
     monkeypatch.setattr(suite, "linear_probe", recording_probe)
     monkeypatch.setattr(suite, "knn_neighbors", recording_neighbors)
-    rows = evaluate(result.workdir, label_fractions=(1.0, 0.25), batch_size=64)
+    # Fine-tuning (and with it the supervised baseline) is tested in test_finetune.py.
+    rows = evaluate(
+        result.workdir, label_fractions=(1.0, 0.25), protocols=("knn", "linear"), batch_size=64
+    )
 
     keys = {(r["representation"], r["protocol"], r["label_fraction"]) for r in rows}
     expected = {

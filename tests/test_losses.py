@@ -12,6 +12,7 @@ from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
 from ssl_jax.losses import byol_loss, contrastive_accuracy, nt_xent
+from ssl_jax.profiling import collectives
 
 N_DEV = 8
 
@@ -168,11 +169,12 @@ def test_finite_difference_gradients_float64(n, d):
         check_grads(lambda a: byol_jit(a, z2), (z1,), order=1, modes=("rev",), eps=1e-6)
 
 
-def test_no_nan_gradients_for_duplicated_and_zero_rows():
+@pytest.mark.parametrize("block_size", [None, 3])
+def test_no_nan_gradients_for_duplicated_and_zero_rows(block_size):
     dup = np.tile(np.arange(1.0, 5.0, dtype=np.float32), (4, 1))
     zero = np.zeros((4, 4), np.float32)
     mixed = np.concatenate([dup[:2], zero[:2]])
-    grad_nt = jax.jit(jax.value_and_grad(nt_xent, argnums=(0, 1)))
+    grad_nt = jax.jit(jax.value_and_grad(partial(nt_xent, block_size=block_size), argnums=(0, 1)))
     grad_byol = jax.jit(jax.value_and_grad(byol_loss))
     for a, b in [(dup, dup), (zero, zero), (mixed, dup), (dup, mixed)]:
         for tau in (0.01, 0.5):
@@ -218,16 +220,24 @@ def test_jit_vmap_grad():
     batch = [views(6, 5, seed=s) for s in range(3)]
     z1 = np.stack([b[0] for b in batch])
     z2 = np.stack([b[1] for b in batch])
-    for fn in (partial(nt_xent, temperature=0.2), contrastive_accuracy, byol_loss):
+    fns = (
+        partial(nt_xent, temperature=0.2),
+        partial(nt_xent, temperature=0.2, block_size=5),
+        contrastive_accuracy,
+        partial(contrastive_accuracy, block_size=5),
+        byol_loss,
+    )
+    for fn in fns:
         got = jax.jit(jax.vmap(fn))(z1, z2)
         assert got.shape == (3,)
         expected = [jax.jit(fn)(a, b) for a, b in batch]
         np.testing.assert_allclose(got, expected, rtol=1e-6)
-    grad_fn = jax.grad(nt_xent, argnums=(0, 1))
-    grads = jax.jit(jax.vmap(grad_fn))(z1, z2)
-    for i, (a, b) in enumerate(batch):
-        for g, e in zip(grads, jax.jit(grad_fn)(a, b), strict=True):
-            np.testing.assert_allclose(g[i], e, rtol=1e-5, atol=1e-7)
+    for block_size in (None, 5):
+        grad_fn = jax.grad(partial(nt_xent, block_size=block_size), argnums=(0, 1))
+        grads = jax.jit(jax.vmap(grad_fn))(z1, z2)
+        for i, (a, b) in enumerate(batch):
+            for g, e in zip(grads, jax.jit(grad_fn)(a, b), strict=True):
+                np.testing.assert_allclose(g[i], e, rtol=1e-5, atol=1e-7)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -245,6 +255,15 @@ def test_bad_shapes_raise(fn):
         jax.jit(fn)(np.ones((2, 4, 3)), np.ones((2, 4, 3)))
     with pytest.raises(ValueError, match=r"at least one row"):
         fn(np.ones((0, 3)), np.ones((0, 3)))
+
+
+@pytest.mark.parametrize("block_size", [0, -4, 2.5, True, "8"])
+def test_bad_block_size_raises(block_size):
+    z = np.ones((4, 3))
+    with pytest.raises(ValueError, match=r"block_size must be a positive int .* got"):
+        nt_xent(z, z, block_size=block_size)
+    with pytest.raises(ValueError, match=r"block_size must be a positive int .* got"):
+        contrastive_accuracy(z, z, block_size=block_size)
 
 
 @pytest.mark.parametrize("tau", [0, 0.0, -0.5, np.float32(-1.0)])
@@ -363,6 +382,173 @@ def test_jit_on_mesh_sharded_batch_equals_unsharded(mesh):
     fn = jax.jit(lambda a, b: (nt_xent(a, b), contrastive_accuracy(a, b), byol_loss(a, b)))
     for got, expected in zip(fn(s1, s2), fn(z1, z2), strict=True):
         np.testing.assert_allclose(got, expected, rtol=2e-6)
+
+
+# ------------------------------------------------------------------------ streamed (block_size)
+
+
+def _loss_acc_grads(block_size):
+    """Jitted (loss, accuracy, (d/dz1, d/dz2, d/dtau)) of one NT-Xent path; tau is traced."""
+
+    def loss(a, b, tau):
+        return nt_xent(a, b, temperature=tau, block_size=block_size)
+
+    @jax.jit
+    def fn(a, b, tau):
+        value, grads = jax.value_and_grad(loss, argnums=(0, 1, 2))(a, b, tau)
+        return value, contrastive_accuracy(a, b, block_size=block_size), grads
+
+    return fn
+
+
+def _assert_grads_close(got, expected):
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-6)
+
+
+# 2N = 24 candidates: blocks of 1 (24 steps), 5 and 7 (the last block padded), 24 (one block) and
+# 100 (one block larger than the batch).
+@pytest.mark.parametrize("block_size", [1, 5, 7, 24, 100])
+def test_streamed_equals_direct_and_algorithm1(block_size):
+    z1, z2 = views(12, 6, seed=30, noise=0.8)
+    direct, streamed = _loss_acc_grads(None), _loss_acc_grads(block_size)
+    # 0.02: logits up to 50, so the online max shift matters (a fixed shift would underflow).
+    for tau in (0.02, 0.5):
+        value, acc, grads = streamed(z1, z2, tau)
+        ref_value, ref_acc, ref_grads = direct(z1, z2, tau)
+        np.testing.assert_allclose(value, simclr_algorithm1(z1, z2, tau), rtol=2e-5)
+        np.testing.assert_allclose(value, ref_value, rtol=2e-6)
+        assert float(acc) == float(ref_acc)
+        _assert_grads_close(grads, ref_grads)
+    assert 0.0 < float(ref_acc) < 1.0  # the accuracy case must discriminate
+    assert abs(float(ref_grads[2])) > 1e-2  # and the temperature must matter
+
+
+def test_streamed_accuracy_breaks_ties_like_argmax():
+    # Four distinct directions for 2N = 20 anchors: nearly every anchor has tied best candidates,
+    # spread over several blocks; the lowest index must win, as with jnp.argmax.
+    dirs = np.eye(4, dtype=np.float32)
+    rng = np.random.default_rng(33)
+    z1, z2 = dirs[rng.integers(0, 4, 10)], dirs[rng.integers(0, 4, 10)]
+    expected = float(accuracy_jit(z1, z2))
+    assert 0.0 < expected < 1.0
+    for block_size in (1, 3, 8):
+        assert float(contrastive_accuracy(z1, z2, block_size=block_size)) == expected
+
+
+def test_streamed_identical_embeddings_and_float64():
+    z = np.ones((4, 3), np.float32)
+    np.testing.assert_allclose(nt_xent(z, z, block_size=3), math.log(7), atol=1e-5)
+    z1, z2 = views(5, 4, seed=31, dtype=np.float64)
+    with jax.enable_x64(True):
+        fn = jax.jit(lambda a, b, t: nt_xent(a, b, temperature=t, block_size=3))
+        tau = jnp.asarray(0.3, jnp.float64)
+        got = fn(z1, z2, tau)
+        assert got.dtype == jnp.float64
+        np.testing.assert_allclose(got, simclr_algorithm1(z1, z2, 0.3), rtol=1e-12)
+        # The custom VJP (embeddings) and the zero-valued temperature term, against differences.
+        check_grads(fn, (jnp.asarray(z1), jnp.asarray(z2), tau), order=1, modes=("rev",), eps=1e-6)
+
+
+@pytest.mark.parametrize("block_size", [5, 64])
+def test_streamed_shard_map_and_pmap_equal_global_batch(mesh, block_size):
+    z1, z2 = views(2 * N_DEV, 6, seed=32)  # 2N = 32: blocks of 5 (padded) and one block of 64
+    ref_value, ref_acc, ref_grads = _loss_acc_grads(None)(z1, z2, 0.2)
+    specs = (P("data"), P("data"), P())
+
+    def local(a, b, tau):
+        return nt_xent(a, b, temperature=tau, axis_name="data", block_size=block_size)
+
+    def local_acc(a, b):
+        return contrastive_accuracy(a, b, axis_name="data", block_size=block_size)
+
+    @jax.jit
+    def run(a, b, tau):
+        mapped = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P())
+        outside = jax.value_and_grad(mapped, argnums=(0, 1, 2))(a, b, tau)
+        inside = jax.shard_map(
+            jax.grad(local, argnums=(0, 1, 2)), mesh=mesh, in_specs=specs, out_specs=specs
+        )(a, b, tau)
+        acc = jax.shard_map(local_acc, mesh=mesh, in_specs=specs[:2], out_specs=P())(a, b)
+        return outside, inside, acc
+
+    (value, outside), inside, acc = run(z1, z2, 0.2)
+    np.testing.assert_allclose(value, ref_value, rtol=2e-6)
+    assert float(acc) == float(ref_acc)
+    _assert_grads_close(outside, ref_grads)
+    _assert_grads_close(inside, ref_grads)  # shard_map: the local gradients are already global
+
+    # pmap: the psum convention makes the local gradients axis_size times the global ones.
+    def local_i(a, b, tau):
+        return nt_xent(a, b, temperature=tau, axis_name="i", block_size=block_size)
+
+    pmapped = jax.pmap(jax.grad(local_i, argnums=(0, 1, 2)), axis_name="i", in_axes=(0, 0, None))
+    g1, g2, gtau = pmapped(z1.reshape(N_DEV, 2, -1), z2.reshape(N_DEV, 2, -1), 0.2)
+    _assert_grads_close(
+        (g1.reshape(z1.shape) / N_DEV, g2.reshape(z2.shape) / N_DEV, np.mean(gtau)), ref_grads
+    )
+
+
+def test_streamed_jit_on_sharded_batch_keeps_rows_on_their_device(mesh):
+    """Plain jit on a batch-sharded array: same values; the only collectives are the gathers of
+    the embeddings (and of two scalars per anchor) and the parameter all-reduce, none in a loop."""
+    x1, x2 = views(4 * N_DEV, 6, seed=34)
+    w = np.random.default_rng(35).normal(size=(6, 5)).astype(np.float32)
+
+    def loss(w, a, b):
+        return nt_xent(a @ w, b @ w, temperature=0.2, block_size=12)
+
+    expected = jax.jit(jax.value_and_grad(_direct_encoder_loss))(w, x1, x2)
+    rows, repl = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+    step = jax.jit(jax.value_and_grad(loss), in_shardings=(repl, rows, rows))
+    value, grad = step(w, x1, x2)
+    np.testing.assert_allclose(value, expected[0], rtol=2e-6)
+    np.testing.assert_allclose(grad, expected[1], rtol=1e-4, atol=1e-7)
+
+    colls = collectives(step.lower(w, x1, x2).compile().as_text(), N_DEV)
+    embed_bytes = 2 * x1.shape[0] * w.shape[1] * 4  # the [2, N, P] gathered embeddings
+    assert {c["kind"] for c in colls} <= {"all-gather", "all-reduce"}, colls
+    assert all(c["count"] == 1 for c in colls), "a collective inside the streaming loop"
+    gathers = [c for c in colls if c["kind"] == "all-gather"]
+    assert gathers and all(c["scope"] == "nt_xent" for c in gathers), gathers
+    assert max(c["bytes"] for c in gathers) == embed_bytes
+    # No [2N, P] all-reduce of candidate gradients (the direct path's backward has one).
+    reduced = [b for c in colls if c["kind"] == "all-reduce" for b in c["array_bytes"]]
+    assert max(reduced) <= w.size * 4, colls
+
+
+def _direct_encoder_loss(w, a, b):
+    return nt_xent(a @ w, b @ w, temperature=0.2)
+
+
+def _temp_bytes(fn, n, d, sharding=None):
+    """Temporary buffer bytes (per device) of jit(value_and_grad(fn)) at z1, z2: [n, d]."""
+    spec = jax.ShapeDtypeStruct((n, d), jnp.float32, sharding=sharding)
+    kwargs = {} if sharding is None else dict(in_shardings=(sharding, sharding))
+    lowered = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)), **kwargs).lower(spec, spec)
+    analysis = lowered.compile().memory_analysis()
+    assert analysis is not None, "memory_analysis() is unavailable on this backend"
+    return analysis.temp_size_in_bytes
+
+
+def test_streamed_memory_is_bounded(mesh):
+    """Compiled, not run: per-device temporaries of the direct and streamed forward+backward."""
+    n, d, block = 1024, 32, 64  # 2N = 2048: the full matrix is 16.8 MB
+    full = (2 * n) ** 2 * 4
+    streamed = partial(nt_xent, block_size=block)
+    # A few [rows, block] buffers plus a few copies of the [2N, D] candidates.
+    bound = 4 * 4 * (2 * n * block + 2 * n * d)
+    direct_1, streamed_1 = _temp_bytes(nt_xent, n, d), _temp_bytes(streamed, n, d)
+    assert direct_1 >= full and streamed_1 <= min(bound, full / 4), (direct_1, streamed_1)
+    # Doubling the batch: the streamed temporaries double (linear), the direct ones quadruple. A
+    # streamed forward differentiated by plain autodiff would keep every block: quadratic.
+    assert _temp_bytes(streamed, 2 * n, d) <= 2.5 * streamed_1
+    assert _temp_bytes(nt_xent, 2 * n, d) >= 3.5 * direct_1
+    # 8 devices, plain jit on the sharded batch: each device holds its [2n, B] blocks only.
+    rows = NamedSharding(mesh, P("data"))
+    direct_8, streamed_8 = _temp_bytes(nt_xent, n, d, rows), _temp_bytes(streamed, n, d, rows)
+    bound_8 = 4 * 4 * (2 * n // N_DEV * block + 2 * n * d)
+    assert direct_8 >= full / N_DEV and streamed_8 <= bound_8, (direct_8, streamed_8)
 
 
 def test_docstring_examples():

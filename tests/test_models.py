@@ -511,3 +511,36 @@ def test_batchnorm_statistics_are_global_under_spmd_jit():
     assert len(y8.sharding.device_set) == 8
     np.testing.assert_allclose(y8, y1, rtol=1e-5, atol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), s8, s1)
+
+
+def _grid_pool_reference(x: np.ndarray, grid: int) -> np.ndarray:
+    """Adaptive average pooling (PyTorch's bins), float64 loops, cells row-major then channels."""
+    b, h, w, c = x.shape
+    out = np.zeros((b, grid, grid, c))
+    for i in range(grid):
+        for j in range(grid):
+            r0, r1 = (i * h) // grid, -(-((i + 1) * h) // grid)
+            c0, c1 = (j * w) // grid, -(-((j + 1) * w) // grid)
+            out[:, i, j] = x[:, r0:r1, c0:c1].astype(np.float64).mean(axis=(1, 2))
+    return out.reshape(b, -1)
+
+
+@pytest.mark.parametrize(
+    "hw,grid", [((4, 4), 1), ((4, 4), 2), ((4, 4), 4), ((7, 7), 2), ((7, 5), 3)]
+)
+def test_grid_pool_matches_adaptive_average_pooling(hw, grid):
+    from ssl_jax.models.convnet import grid_pool
+
+    x = np.random.default_rng(0).normal(size=(2, *hw, 3)).astype(np.float32)
+    got = np.asarray(jax.jit(grid_pool, static_argnums=1)(jnp.asarray(x), grid))
+    np.testing.assert_allclose(got, _grid_pool_reference(x, grid), rtol=1e-6, atol=1e-6)
+
+
+def test_convnet_output_grid_features_and_minimum_size():
+    model = ConvNet(features=(4, 8), strides=(1, 2), output_grid=3, rngs=nnx.Rngs(0))
+    assert model.num_features == 8 * 9
+    assert model(jnp.zeros((2, 6, 6, 1))).shape == (2, 72)  # 6 -> 6 -> 3: the full 3x3 map
+    with pytest.raises(ValueError, match="minimum input size is 5x5.*output_grid=3"):
+        model(jnp.zeros((2, 4, 4, 1)))  # 4 -> 2: fewer cells than the grid
+    with pytest.raises(ValueError, match="output_grid"):
+        ConvNet(output_grid=0, rngs=nnx.Rngs(0))

@@ -150,3 +150,24 @@ def test_killed_run_resumes_exactly(tmp_path, method):
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6, 5, 6, 7, 8, 9, 10]
     for r in records:
         assert r["loss"] == expected[r["step"]], r["step"]
+
+
+def test_head_pools_grid_features_is_the_globally_pooled_objective():
+    """convnet_grid=2 + head_pools: the head sees the global average of the 2x2 cells, so the
+    projections equal those of the grid-1 network with the same weights, while the features keep
+    the four cells (whose mean is the grid-1 feature)."""
+    from flax import nnx
+
+    from ssl_jax.methods import common
+
+    x = jax.random.uniform(jax.random.key(1), (4, 16, 16, 1))
+    pooled = common.build_network(tiny_config(), nnx.Rngs(0))
+    cells = common.build_network(
+        tiny_config(**{"model.convnet_grid": 2, "model.head_pools": True}), nnx.Rngs(0)
+    )
+    h1, z1 = pooled(x)
+    h4, z4 = cells(x)
+    assert h1.shape == (4, 16) and h4.shape == (4, 64)
+    np.testing.assert_allclose(h4.reshape(4, 4, 16).mean(1), h1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(z4, z1, rtol=1e-4, atol=1e-5)
+    assert np.abs(h4.reshape(4, 4, 16) - h1[:, None]).max() > 1e-3  # the cells differ

@@ -1,19 +1,22 @@
-"""Evaluation of pretrained encoders: frozen features, kNN and linear probes, label efficiency.
+"""Evaluation of pretrained encoders: kNN and linear probes, fine-tuning, label efficiency.
 
     from ssl_jax.evaluation import evaluate, load_encoder
     rows = evaluate('runs/simclr')          # writes runs/simclr/eval.json and eval.md
     encoder = load_encoder('runs/simclr')   # uint8 [B, H, W, C] -> float32 features [B, F]
 
-or from the shell: ``ssl-jax evaluate --workdir runs/simclr [--label_fractions=0.01,0.1,1.0]``.
+or from the shell: ``ssl-jax evaluate --workdir runs/simclr [--label_fractions=0.01,0.1,1.0]``
+(``--protocols=knn,linear`` leaves out the fine-tuning, the slow part).
 
 Modules: ``features`` (load a run's encoder, extract features), ``splits`` (class-balanced label
 subsets and validation splits), ``knn`` (weighted and majority kNN), ``linear`` (the
-preconditioned L-BFGS logistic-regression probe), ``metrics`` (top-k with a fixed tie rule),
-``suite`` (``evaluate``: every representation x protocol x label fraction, and the report).
+preconditioned L-BFGS logistic-regression probe), ``finetune`` (the whole encoder plus a linear
+head trained on a labelled subset; from a random init it is the supervised-from-scratch
+baseline), ``metrics`` (top-k with a fixed tie rule), ``suite`` (``evaluate``: every
+representation x protocol x label fraction, and the report), ``maps`` (PCA and t-SNE),
+``plots`` (the PNG pictures; imported on use, as it needs matplotlib), ``monitor`` (the kNN
+monitor that pretraining logs every ``config.eval_every`` steps).
 
-TODO (issue 4, later sessions): fine-tuning the whole encoder on the labelled subsets, a
-supervised-from-scratch baseline on the same subsets, and plots of accuracy against the number
-of labels; multi-process (multi-host) feature extraction.
+TODO: multi-process (multi-host) feature extraction and fine-tuning.
 """
 
 from ssl_jax.evaluation.features import (
@@ -25,6 +28,13 @@ from ssl_jax.evaluation.features import (
     random_init_encoder,
     raw_pixels,
 )
+from ssl_jax.evaluation.finetune import (
+    FinetunedClassifier,
+    FinetuneHParams,
+    default_finetune_steps,
+    finetune_and_score,
+    finetune_encoder,
+)
 from ssl_jax.evaluation.knn import knn_neighbors, knn_scores, knn_votes, l2_normalize
 from ssl_jax.evaluation.linear import (
     DEFAULT_L2_GRID,
@@ -32,20 +42,35 @@ from ssl_jax.evaluation.linear import (
     fit_logistic_regression,
     linear_probe,
 )
+from ssl_jax.evaluation.maps import pca, tsne
 from ssl_jax.evaluation.metrics import label_rank, topk_accuracy
 from ssl_jax.evaluation.splits import class_balanced_subset, validation_split
-from ssl_jax.evaluation.suite import PROTOCOLS, REPRESENTATIONS, evaluate, format_table
+from ssl_jax.evaluation.suite import (
+    PROTOCOL_CHOICES,
+    PROTOCOLS,
+    REPRESENTATIONS,
+    evaluate,
+    format_table,
+)
 
 __all__ = [
+    "pca",
+    "tsne",
     "DEFAULT_L2_GRID",
     "PROTOCOLS",
+    "PROTOCOL_CHOICES",
     "REPRESENTATIONS",
     "Encoder",
     "FeatureStats",
+    "FinetuneHParams",
+    "FinetunedClassifier",
     "class_balanced_subset",
+    "default_finetune_steps",
     "encoder_from_state",
     "evaluate",
     "extract_features",
+    "finetune_and_score",
+    "finetune_encoder",
     "fit_logistic_regression",
     "format_table",
     "knn_neighbors",

@@ -32,6 +32,7 @@ class StepHParams:
     compute_dtype: Any
     total_steps: int
     temperature: float = 0.1  # SimCLR
+    loss_block_size: int | None = None  # SimCLR: streamed NT-Xent column block (None: direct)
     base_tau: float = 0.996  # BYOL
 
 
@@ -40,15 +41,23 @@ class SSLNetwork(nnx.Module):
 
     ``__call__(x)`` with x: [B, H, W, C] returns ``(h, z)``: features h: [B, F] (what downstream
     tasks use) and projections z: [B, P] (what the loss sees).
+
+    ``head_cells > 1``: h is ``head_cells`` cells of ``F / head_cells`` channels each (a convnet
+    with ``output_grid > 1``), and the head averages them before its first layer, so the loss
+    sees a globally pooled feature while downstream tasks keep where things are. Averaging is a
+    fixed linear map, so this is the same SimCLR/BYOL objective with a head whose first layer
+    pools: h stays the representation *before* the projection head, as in SimCLR.
     """
 
-    def __init__(self, encoder: nnx.Module, projector: nnx.Module):
+    def __init__(self, encoder: nnx.Module, projector: nnx.Module, head_cells: int = 1):
         self.encoder = encoder
         self.projector = projector
+        self.head_cells = head_cells
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         h = self.encoder(x)
-        return h, self.projector(h)
+        p = h if self.head_cells == 1 else h.reshape(h.shape[0], self.head_cells, -1).mean(1)
+        return h, self.projector(p)
 
 
 def compute_dtype(config: Any) -> Any:
@@ -74,7 +83,11 @@ def build_encoder(config: Any, rngs: nnx.Rngs) -> nnx.Module:
         kwargs.update(stem=m.stem, width=m.width)
     elif m.encoder == "convnet":
         features = tuple(m.convnet_features)
-        kwargs.update(features=features, strides=(1,) + (2,) * (len(features) - 1))
+        kwargs.update(
+            features=features,
+            strides=(1,) + (2,) * (len(features) - 1),
+            output_grid=m.convnet_grid,
+        )
     return models.get_encoder(m.encoder, **kwargs)
 
 
@@ -82,8 +95,11 @@ def build_network(config: Any, rngs: nnx.Rngs) -> SSLNetwork:
     """Encoder + projector as configured (``config.model``)."""
     m = config.model
     encoder = build_encoder(config, rngs)
+    head_cells = 1
+    if m.head_pools and m.encoder == "convnet":
+        head_cells = int(m.convnet_grid) ** 2
     projector = models.ProjectionMLP(
-        encoder.num_features,
+        encoder.num_features // head_cells,
         m.projector_hidden,
         m.projector_dim,
         num_layers=m.projector_layers,
@@ -91,7 +107,7 @@ def build_network(config: Any, rngs: nnx.Rngs) -> SSLNetwork:
         dtype=compute_dtype(config),
         rngs=rngs,
     )
-    return SSLNetwork(encoder, projector)
+    return SSLNetwork(encoder, projector, head_cells)
 
 
 def step_hparams(config: Any) -> StepHParams:
@@ -103,6 +119,7 @@ def step_hparams(config: Any) -> StepHParams:
         compute_dtype=compute_dtype(config),
         total_steps=int(config.total_steps),
         temperature=float(config.temperature),
+        loss_block_size=config.loss_block_size,
         base_tau=float(config.base_tau),
     )
 

@@ -69,12 +69,17 @@ def train_step(
     hp = state.hparams
     x1, x2 = common.make_views(batch, common.step_key(key, state.step), hp)
     n = x1.shape[0]
+    # The two views of an image sit side by side ([x1_0, x2_0, x1_1, ...]): each device keeps the
+    # views of its own images. Concatenating [x1; x2] instead makes XLA move half of every
+    # device's rows to another device (all-to-all / collective-permute) under data parallelism.
+    x = jnp.stack([x1, x2], axis=1).reshape(2 * n, *x1.shape[1:])
 
     def loss_fn(params):
         network = nnx.merge(state.graphdef, params, state.batch_stats, copy=True)
-        _, z = network(jnp.concatenate([x1, x2], axis=0))
-        z1, z2 = z[:n], z[n:]
-        loss = losses.nt_xent(z1, z2, temperature=hp.temperature)
+        _, z = network(x)  # BatchNorm sees the same 2B rows as with [x1; x2]
+        z = z.reshape(n, 2, -1)
+        z1, z2 = z[:, 0], z[:, 1]
+        loss = losses.nt_xent(z1, z2, temperature=hp.temperature, block_size=hp.loss_block_size)
         aux = (nnx.state(network, nnx.BatchStat), z1, z2)
         return loss, aux
 
@@ -84,7 +89,7 @@ def train_step(
     )
     metrics.update(
         loss=loss,
-        contrastive_acc=losses.contrastive_accuracy(z1, z2),
+        contrastive_acc=losses.contrastive_accuracy(z1, z2, block_size=hp.loss_block_size),
         embed_std=common.embedding_std(z1),
         learning_rate=state.schedule(state.step),
     )

@@ -73,8 +73,8 @@ def check_image_input(x: jax.Array, *, in_channels: int, min_size: int, hint: st
     h, w = x.shape[1], x.shape[2]
     if h < min_size or w < min_size:
         raise ValueError(
-            f"Input of {h}x{w} pixels is too small for this architecture: it downsamples by "
-            f"{min_size}x, so the minimum input size is {min_size}x{min_size}.{hint}"
+            f"Input of {h}x{w} pixels is too small for this architecture: the minimum input "
+            f"size is {min_size}x{min_size}.{hint}"
         )
 
 

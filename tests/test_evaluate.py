@@ -272,6 +272,13 @@ def test_evaluate_end_to_end(tiny_run, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "train features" in out and "random_init linear, 25% labels" in out
     assert "| ssl | knn |" in out
+    # The pictures: every one is a readable PNG of a sensible size.
+    from PIL import Image
+
+    for name in ("embedding_pca", "embedding_tsne", "training_curves", "label_efficiency"):
+        with Image.open(os.path.join(result.workdir, f"{name}.png")) as im:
+            assert im.format == "PNG" and im.size[0] >= 400 and im.size[1] >= 300
+    assert "pictures (" in out
 
 
 def test_cli_evaluate(tiny_run, capsys):

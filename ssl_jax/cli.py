@@ -178,18 +178,27 @@ def _evaluate_flags() -> flags.FlagValues:
     return fv
 
 
-def evaluate(argv: list[str]) -> int:
-    """`ssl-jax evaluate`: kNN and linear probes and fine-tuning of a run, and its baselines."""
-    argv = ["ssl-jax evaluate", *argv]
-    fv = _evaluate_flags()
+def _parse_command(name: str, fv: flags.FlagValues, argv: list[str], usage: str) -> bool:
+    """Parse a command's flags into ``fv``; False when it printed its help instead. A bad flag
+    exits with a message naming the command."""
+    argv = [f"ssl-jax {name}", *argv]
     if "--help" in argv or "-h" in argv:
-        print("usage: ssl-jax evaluate --workdir DIR [--label_fractions=0.01,0.1,1.0]\n")
+        print(usage + "\n")
         print(fv.module_help(__name__))
-        return 0
+        return False
     try:
         fv(argv)
     except flags.Error as e:
-        raise SystemExit(f"ssl-jax evaluate: {e}") from None
+        raise SystemExit(f"ssl-jax {name}: {e}") from None
+    return True
+
+
+def evaluate(argv: list[str]) -> int:
+    """`ssl-jax evaluate`: kNN and linear probes and fine-tuning of a run, and its baselines."""
+    fv = _evaluate_flags()
+    usage = "usage: ssl-jax evaluate --workdir DIR [--label_fractions=0.01,0.1,1.0]"
+    if not _parse_command("evaluate", fv, argv, usage):
+        return 0
     if fv.workdir is None:
         raise SystemExit("ssl-jax evaluate: --workdir DIR (a pretraining run) is required.")
     fractions = {}
@@ -255,17 +264,10 @@ def _embed_flags() -> flags.FlagValues:
 
 def embed(argv: list[str]) -> int:
     """`ssl-jax embed`: a run's frozen features for every image of a data source, in order."""
-    argv = ["ssl-jax embed", *argv]
     fv = _embed_flags()
     usage = "usage: ssl-jax embed --workdir DIR --data SOURCE --out features.npy [--split=train]"
-    if "--help" in argv or "-h" in argv:
-        print(usage + "\n")
-        print(fv.module_help(__name__))
+    if not _parse_command("embed", fv, argv, usage):
         return 0
-    try:
-        fv(argv)
-    except flags.Error as e:
-        raise SystemExit(f"ssl-jax embed: {e}") from None
     missing = [f"--{n}" for n in ("workdir", "data", "out") if fv[n].value is None]
     if missing:
         raise SystemExit(f"ssl-jax embed: {', '.join(missing)} required.\n{usage}")

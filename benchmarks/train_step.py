@@ -20,8 +20,9 @@ random uint8 images of the recipe's input size, and reports:
 * ms/step and images/s per device: median over timed windows of back-to-back steps (each window
   ended by blocking on the metrics), after one warm-up step; images are source images (each
   gives two augmented views), divided by the number of devices;
-* GFLOP/step: XLA's cost analysis of the compiled step (``compiled.cost_analysis()['flops']``,
-  augmentation and optimizer included), and MFU = GFLOP/step / (step time x peak), the peak
+* GFLOP/step: XLA's cost analysis of the step lowered for the CPU platform (``common.step_flops``:
+  the same count on every backend; a GPU-compiled module hides its convolutions in cuDNN calls),
+  augmentation and optimizer included, and MFU = GFLOP/step / (step time x peak), the peak
   being measured once per dtype on this device by a large jitted matmul (printed first: it is a
   practical peak, below the data-sheet number);
 * memory: XLA's memory analysis of the compiled step (arguments + outputs + temporaries - aliased)
@@ -90,10 +91,11 @@ def measure(method_name: str, model: str, dtype: str, batch: int, args, peaks, b
     key = jax.random.key(0)
     method, state = common.init_state(config)
 
+    step = jax.jit(method.train_step, donate_argnums=(0,))
     start = time.perf_counter()
-    compiled = jax.jit(method.train_step, donate_argnums=(0,)).lower(state, data, key).compile()
+    compiled = step.lower(state, data, key).compile()
     compile_s = time.perf_counter() - start
-    flops = common.compiled_flops(compiled)
+    flops = common.step_flops(step, state, data, key)
     memory = common.compiled_memory(compiled)
     run = common.jax_step_runner(compiled, state, data, key)
     seconds = common.interleave({"step": run}, windows=args.windows, iters=args.iters)

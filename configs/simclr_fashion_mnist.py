@@ -4,7 +4,8 @@
 
 A small 4-layer convnet on 28x28x1 images with grayscale-safe augmentation (crop, flip,
 brightness/contrast); LARS with SimCLR's square-root learning-rate rule for small batches.
-Quick variant for a smoke test: ``--config configs/simclr_fashion_mnist.py:quick``.
+Quick variant for a smoke test: ``--config configs/simclr_fashion_mnist.py:quick``; the GPU-sized
+run (batch 512, 150 epochs): ``--config configs/simclr_fashion_mnist.py:full``.
 """
 
 from ssl_jax.config import base_config
@@ -35,4 +36,10 @@ def get_config(arg: str | None = None):
     if arg == "quick":
         c.total_steps, c.log_every, c.checkpoint_every, c.warmup_steps = 20, 5, 10, 5
         c.eval_every = 10
+    elif arg == "full":  # GPU-sized: batch 512, 150 epochs (17,578 steps), 10 warm-up epochs
+        c.batch_size = 512
+        c.total_steps, c.warmup_steps = 150 * 60_000 // 512, 10 * 60_000 // 512
+        c.log_every, c.checkpoint_every, c.eval_every = 500, 2000, 2000
+    elif arg is not None:
+        raise ValueError(f"unknown variant {arg!r} of this recipe: use ':quick', ':full' or none")
     return c

@@ -25,6 +25,16 @@ def test_every_recipe_is_valid_and_documents_its_command(path):
     assert f"--config configs/{path.name}" in module.__doc__
 
 
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipe_variants_load_and_unknown_ones_are_errors(path):
+    module = _load(path)
+    for variant in ("quick", "full"):
+        if f"{path.name}:{variant}" in module.__doc__:  # every variant the docstring names
+            config_lib.validate(module.get_config(variant))
+    with pytest.raises(ValueError, match="unknown variant 'fulll'"):
+        module.get_config("fulll")
+
+
 def test_recipes_exist():
     names = {p.stem for p in RECIPES}
     for name in (

@@ -155,30 +155,15 @@ def num_params(tree: Any) -> int:
 
 # ----------------------------------------------------------------------------- process memory
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc mallopt parameters
-
 
 def keep_freed_memory() -> bool:
-    """Make glibc malloc keep freed memory for reuse instead of returning it to the kernel.
+    """glibc malloc keeps freed memory for reuse (``ssl_jax.host_memory.keep_freed_memory``, which
+    ``ssl-jax`` applies on CPU by itself). Call it at the start of the program; PyTorch allocates
+    through the same malloc, so in a side-by-side run both frameworks get the same allocator."""
+    setup_imports()
+    from ssl_jax import host_memory
 
-    A train step on XLA:CPU allocates its temporaries (hundreds of MB) afresh every call; glibc
-    serves blocks over 32 MB with a new ``mmap``, so every step page-faults every page in again
-    (measured on the 2-core CPU: 56k faults and ~150 ms of kernel time per call of a 110 MB patch
-    extraction that computes in ~50 ms). One arena, no ``mmap`` and no trimming make the second
-    step reuse the first step's pages. PyTorch allocates through the same malloc, so in a
-    side-by-side run both frameworks get the same allocator. Call before the first allocation
-    that matters (start of the program). Returns False where there is no glibc.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    ok = mallopt(_M_ARENA_MAX, 1) and mallopt(_M_MMAP_MAX, 0)
-    return bool(ok and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return host_memory.keep_freed_memory()
 
 
 # ----------------------------------------------------------------------------- timing

@@ -95,7 +95,9 @@ def pretrain(argv: list[str]) -> int:
     from ssl_jax import parallel
 
     parallel.initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
-    from ssl_jax import train
+    from ssl_jax import host_memory, logs, train
+
+    logs.console(host_memory.tune_for_backend())
 
     try:
         train.train(config, fv.workdir)
@@ -113,8 +115,11 @@ def pretrain(argv: list[str]) -> int:
             return 0
         from ssl_jax.evaluation import evaluate as run_evaluation
 
+        fractions = config.eval_finetune_fractions
         try:
-            run_evaluation(fv.workdir)
+            run_evaluation(
+                fv.workdir, **({} if fractions is None else {"finetune_fractions": fractions})
+            )
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(
                 f"ssl-jax pretrain: training finished; evaluation failed: {e}"
@@ -201,6 +206,9 @@ def evaluate(argv: list[str]) -> int:
         return 0
     if fv.workdir is None:
         raise SystemExit("ssl-jax evaluate: --workdir DIR (a pretraining run) is required.")
+    from ssl_jax import host_memory
+
+    host_memory.tune_for_backend()
     fractions = {}
     for name in ("label_fractions", "finetune_fractions"):
         if fv[name].value is None:
@@ -276,9 +284,10 @@ def embed(argv: list[str]) -> int:
 
     import numpy as np
 
-    from ssl_jax import data, logs
+    from ssl_jax import data, host_memory, logs
     from ssl_jax.evaluation import extract_features, load_encoder
 
+    host_memory.tune_for_backend()
     try:
         encoder = load_encoder(fv.workdir, step=fv.step)
         channels = int(encoder.config.image_channels)

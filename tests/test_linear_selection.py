@@ -42,3 +42,24 @@ def test_preconditioned_fit_gives_the_plain_minimiser():
     w2, b2 = fit_logistic_regression(xs, y, preconditioner_of=plain, **kw)
     np.testing.assert_allclose(w1, w2, atol=2e-3)
     np.testing.assert_allclose(b1 - b1.mean(), b2 - b2.mean(), atol=2e-3)
+
+
+def test_fit_without_rotating_the_features_gives_the_same_solution():
+    """Rotating x once (x @ U) or rotating the weights in every evaluation (U @ (p V)) is the same
+    objective in the same variables: the two paths must agree, and the probe must pick the
+    unrotated one exactly when a single fit on many rows makes the rotation the dearer part."""
+    from ssl_jax.evaluation import linear
+
+    rng = np.random.default_rng(3)
+    x, y = _blobs(rng, 500, dim=16, separation=1.0)
+    x[:, 1] = x[:, 0] + 0.1 * x[:, 1]
+    stats = FeatureStats.of(x)
+    xs = stats.standardize(x)
+    kw = dict(num_classes=4, l2=1e-2, max_iter=100, preconditioner_of=(stats.basis, stats.eigvals))
+    w1, b1 = fit_logistic_regression(xs, y, **kw)  # rotated once
+    w2, b2 = fit_logistic_regression(xs, y, rotated=False, **kw)
+    np.testing.assert_allclose(w1, w2, atol=1e-4)
+    np.testing.assert_allclose(b1, b2, atol=1e-4)
+    assert linear._rotation_pays(10_000, fits=6)  # the L2 choice at 100% labels
+    assert linear._rotation_pays(6_000, fits=1)  # the final fit at 10% labels
+    assert not linear._rotation_pays(60_000, fits=1)  # the final fit at 100% labels

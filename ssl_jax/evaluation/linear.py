@@ -81,17 +81,30 @@ def _rotate(x, basis):
     return jnp.matmul(x, basis, precision=jax.lax.Precision.HIGHEST)
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes",))
-def _lbfgs_fit(xu, y, weights, l2, basis, eigvals, max_iter, *, num_classes):
-    # xu = x @ U is rotated once by the caller: with W = U diag(p) V the logits are
-    # (xu * p) @ V, which costs N*F*C per evaluation instead of F*F*C more for U @ V (that term
-    # dominated for F = 4,096 features).
-    f = xu.shape[1]
+# Rows whose one-off rotation (rows x F x F, compute-bound) costs about what one fit spends on
+# rotating the weights instead (~150 skinny F x F x C products, memory-bound: U is re-read each
+# time). Both scale with F^2; measured on the 2-core CPU at F = 4,096: 14.7 s to rotate 60k rows,
+# 5.6 s more per unrotated fit.
+_ROWS_PER_FIT = 20_000
+
+
+def _rotation_pays(rows: int, fits: int) -> bool:
+    """Rotate x once for ``fits`` fits of the same rows, or rotate the weights in each fit."""
+    return rows <= fits * _ROWS_PER_FIT
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "is_rotated"))
+def _lbfgs_fit(x, y, weights, l2, basis, eigvals, max_iter, *, num_classes, is_rotated):
+    # With W = U diag(p) V the logits are x @ U diag(p) V. If the caller rotated x once
+    # (x = x_orig @ U, is_rotated) they are (x * p) @ V: N*F*C per evaluation. Otherwise U is
+    # applied to the weights, (x @ (U (p V))): F*F*C more per evaluation but no N*F*F rotation.
+    f = x.shape[1]
     precond = jax.lax.rsqrt(jnp.maximum(eigvals / num_classes + l2, 1e-8))  # [F]
-    xp = xu * precond[None, :]
+    xp = x * precond[None, :] if is_rotated else x
 
     def loss(params):
-        logits = xp @ params["v"] + params["b"]
+        v = params["v"] if is_rotated else basis @ (precond[:, None] * params["v"])
+        logits = xp @ v + params["b"]
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         data = jnp.sum(weights * ce) / jnp.sum(weights)
         return data + 0.5 * l2 * jnp.sum((precond[:, None] * params["v"]) ** 2)
@@ -126,7 +139,7 @@ def fit_logistic_regression(
     weights: np.ndarray | None = None,
     max_iter: int = 50,
     preconditioner_of: tuple[np.ndarray, np.ndarray] | None = None,
-    rotated: jax.Array | None = None,
+    rotated: jax.Array | bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Multinomial logistic regression, full batch: minimise
     ``sum_i w_i CE(x_i W + b, y_i) / sum_i w_i + l2 / 2 * ||W||^2`` (bias not penalised).
@@ -139,7 +152,8 @@ def fit_logistic_regression(
       max_iter: L-BFGS iterations (fewer if the gradient vanishes).
       preconditioner_of: ``(basis, eigvals)`` from :func:`preconditioner` (or
         :class:`FeatureStats`) of features like x; default: computed from x's weighted rows.
-      rotated: ``x @ basis`` if already computed (several fits of the same x share it).
+      rotated: ``x @ basis`` if already computed (several fits of the same x share it), or
+        ``False`` to fit without rotating x (cheaper for a single fit on many rows).
 
     Returns:
       ``(W, b)``: float32 [F, C] and [C].
@@ -153,8 +167,10 @@ def fit_logistic_regression(
     if preconditioner_of is None:
         preconditioner_of = preconditioner(np.asarray(x)[weights > 0])
     basis, eigvals = (jnp.asarray(a) for a in preconditioner_of)
+    if rotated is None:
+        rotated = _rotate(x, basis)
     w, b = _lbfgs_fit(
-        _rotate(x, basis) if rotated is None else rotated,
+        x if rotated is False else rotated,
         jnp.asarray(y, jnp.int32),
         jnp.asarray(weights),
         jnp.float32(l2),
@@ -162,6 +178,7 @@ def fit_logistic_regression(
         eigvals,
         jnp.int32(max_iter),
         num_classes=num_classes,
+        is_rotated=rotated is not False,
     )
     return np.asarray(w), np.asarray(b)
 
@@ -225,15 +242,16 @@ def linear_probe(
     )
     basis = jnp.asarray(stats.basis)
 
-    def fitter(rows):
+    def fitter(rows, fits):
         x_dev = jnp.asarray(x[rows])  # copied to the device once for every fit
+        rotate = _rotation_pays(len(rows), fits)
         return functools.partial(
             fit_logistic_regression,
             x_dev,
             num_classes=num_classes,
             max_iter=max_iter,
             preconditioner_of=(basis, stats.eigvals),
-            rotated=_rotate(x_dev, basis),
+            rotated=_rotate(x_dev, basis) if rotate else False,
         )
 
     # The choice of L2 only needs enough labels to rank the candidates: above
@@ -250,7 +268,7 @@ def linear_probe(
     val_by_l2: dict[float, float] = {}
     if len(val_idx):
         is_val = np.isin(subset[sel], val_idx)
-        fit = fitter(sel)
+        fit = fitter(sel, fits=len(l2_grid))
         best = None
         for l2 in sorted(l2_grid, reverse=True):  # exact ties keep the stronger L2
             w, b = fit(y[sel], l2=l2, weights=(~is_val).astype(np.float32))
@@ -264,7 +282,7 @@ def linear_probe(
     else:
         l2, val_top1 = float(max(l2_grid)), None
 
-    w, b = fitter(np.arange(len(subset)))(y, l2=l2)
+    w, b = fitter(np.arange(len(subset)), fits=1)(y, l2=l2)
     logits = stats.standardize(test_x) @ w + b
     test_y = np.asarray(test_y)
     return {

@@ -42,6 +42,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.num_devices = config_dict.placeholder(int)  # None: all devices
     c.eval_at_end = True  # `ssl-jax pretrain` runs `ssl-jax evaluate` when training ends
+    # ... fine-tuning at these label fractions (None: evaluate's default, 1% and 10%)
+    c.eval_finetune_fractions = config_dict.placeholder(tuple)
 
     # Augmentation: a preset of ssl_jax.augment.get_views.
     c.augment = "grayscale"  # simclr_imagenet | simclr_cifar | byol | grayscale
@@ -145,6 +147,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "data_in_memory",
         c.data_in_memory,
         f"only fashion_mnist and tfds: datasets can be read into memory, not {c.dataset!r}",
+    )
+    fractions = c.eval_finetune_fractions
+    _require(
+        fractions is None or (len(fractions) > 0 and all(f in (0.01, 0.1) for f in fractions)),
+        "eval_finetune_fractions",
+        fractions,
+        "must be None or a non-empty tuple of 0.01 and/or 0.1 (the label fractions below 100% "
+        "that `pretrain` evaluates)",
     )
     _require(c.temperature > 0, "temperature", c.temperature, "must be > 0")
     _require(

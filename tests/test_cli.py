@@ -126,7 +126,8 @@ def test_two_processes_equal_one(tmp_path):
 def test_pretrain_then_evaluate(tmp_path, capsys):
     """The README's main job in miniature: pretrain, then the evaluation table and eval.json."""
     config = tiny_config("simclr", total_steps=3, checkpoint_every=3, eval_at_end=True)
-    flags = config_flags_for(config)
+    # The recipe fine-tunes at 1% only; the override (parsed from the command line) picks 10%.
+    flags = [*config_flags_for(config), "--config.eval_finetune_fractions=(0.1,)"]
     assert cli.main(["pretrain", "--config", RECIPE, "--workdir", str(tmp_path), *flags]) == 0
     rows = json.load(open(tmp_path / "eval.json"))
     assert {(r["representation"], r["protocol"]) for r in rows} >= {
@@ -134,5 +135,7 @@ def test_pretrain_then_evaluate(tmp_path, capsys):
         ("ssl", "knn"),
         ("raw_pixels", "linear"),
         ("random_init", "linear"),
+        ("ssl", "finetune"),
     }
+    assert {r["label_fraction"] for r in rows if r["protocol"] == "finetune"} == {0.1}
     assert "| ssl | linear |" in capsys.readouterr().out

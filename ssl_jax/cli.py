@@ -97,7 +97,7 @@ def pretrain(argv: list[str]) -> int:
     parallel.initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
     from ssl_jax import host_memory, logs, train
 
-    logs.console(host_memory.tune_for_backend())
+    logs.console(host_memory.status())
 
     try:
         train.train(config, fv.workdir)
@@ -206,9 +206,6 @@ def evaluate(argv: list[str]) -> int:
         return 0
     if fv.workdir is None:
         raise SystemExit("ssl-jax evaluate: --workdir DIR (a pretraining run) is required.")
-    from ssl_jax import host_memory
-
-    host_memory.tune_for_backend()
     fractions = {}
     for name in ("label_fractions", "finetune_fractions"):
         if fv[name].value is None:
@@ -284,10 +281,9 @@ def embed(argv: list[str]) -> int:
 
     import numpy as np
 
-    from ssl_jax import data, host_memory, logs
+    from ssl_jax import data, logs
     from ssl_jax.evaluation import extract_features, load_encoder
 
-    host_memory.tune_for_backend()
     try:
         encoder = load_encoder(fv.workdir, step=fv.step)
         channels = int(encoder.config.image_channels)
@@ -340,6 +336,12 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"ssl-jax: unknown command {command!r}.\n\n{USAGE}", file=sys.stderr)
         return 2
+    from ssl_jax import host_memory
+
+    try:
+        host_memory.configure()  # before JAX starts its backend (see host_memory)
+    except ValueError as e:
+        raise SystemExit(f"ssl-jax: {e}") from None
     return COMMANDS[command](rest)
 
 

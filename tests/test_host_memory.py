@@ -1,4 +1,4 @@
-"""The CPU-backend malloc setting: applied on CPU, skipped when asked, honest about what it did."""
+"""The CPU malloc setting: applied when JAX will run on the CPU, skipped when asked, honest."""
 
 import pytest
 
@@ -10,22 +10,39 @@ def test_keep_freed_memory_is_accepted_by_glibc():
     assert host_memory.keep_freed_memory() is True
 
 
-def test_tune_for_backend_applies_on_cpu(monkeypatch):
-    calls = []
-    monkeypatch.delenv(host_memory.ENV, raising=False)
-    monkeypatch.setattr(host_memory, "keep_freed_memory", lambda: calls.append(1) or True)
-    assert "keeps freed memory" in host_memory.tune_for_backend()
-    assert calls == [1]
-
-
 @pytest.mark.parametrize(
-    "env, works, expected",
-    [("default", True, "SSL_JAX_MALLOC=default"), ("", False, "no glibc mallopt")],
+    "env, platforms, works, applied, says",
+    [
+        ("", "cpu", True, True, "keeps freed memory"),
+        ("auto", "cuda", True, False, "accelerator backend is expected"),
+        ("keep", "cuda", True, True, "keeps freed memory"),
+        ("default", "cpu", True, False, "SSL_JAX_MALLOC=default"),
+        ("", "cpu", False, False, "no glibc mallopt"),
+    ],
 )
-def test_tune_for_backend_says_when_it_left_malloc_alone(monkeypatch, env, works, expected):
+def test_configure_decides_before_jax_starts(monkeypatch, env, platforms, works, applied, says):
     calls = []
-    monkeypatch.setenv(host_memory.ENV, env)
+    monkeypatch.setenv(host_memory.ENV, env) if env else monkeypatch.delenv(
+        host_memory.ENV, raising=False
+    )
+    monkeypatch.setenv("JAX_PLATFORMS", platforms)
     monkeypatch.setattr(host_memory, "keep_freed_memory", lambda: calls.append(1) or works)
-    message = host_memory.tune_for_backend()
-    assert message.startswith("malloc: default") and expected in message
-    assert calls == ([] if env == "default" else [1])
+    assert host_memory.configure() is applied
+    assert says in host_memory.status()
+    assert host_memory.status().startswith("malloc: keeps" if applied else "malloc: default")
+    assert len(calls) == (env != "default" and (platforms == "cpu" or env == "keep"))
+
+
+def test_configure_rejects_an_unknown_setting(monkeypatch):
+    monkeypatch.setenv(host_memory.ENV, "kep")
+    with pytest.raises(ValueError, match="SSL_JAX_MALLOC='kep'"):
+        host_memory.configure()
+
+
+def test_without_jax_platforms_an_installed_plugin_means_an_accelerator(monkeypatch):
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    monkeypatch.setattr(host_memory.importlib.metadata, "entry_points", lambda group: ["cuda"])
+    assert host_memory._accelerator_expected()
+    monkeypatch.setattr(host_memory.importlib.metadata, "entry_points", lambda group: [])
+    monkeypatch.setattr(host_memory.importlib.util, "find_spec", lambda name: None)
+    assert not host_memory._accelerator_expected()

@@ -4,13 +4,12 @@ Not a benchmark itself. The scripts run as ``python benchmarks/<name>.py`` and i
 from their own folder.
 
 Importing with only jax, flax, optax, orbax and numpy installed (the lent GPU machine):
-``ssl_jax/__init__.py`` re-exports ``load_encoder``, whose module imports grain, TFDS and
-ml_collections, and ``ssl_jax.config`` (which the recipes in ``configs/`` build on) imports
-ml_collections. The train step itself (``ssl_jax.methods``, ``models``, ``augment``, ``losses``,
-``optim``) needs none of them. So :func:`setup_imports`, when one of those packages is missing,
-registers ``ssl_jax`` as a bare package (its ``__init__`` not run) and, if ml_collections is
-missing, a stand-in whose ``ConfigDict`` is a plain attribute bag: the real recipe files then
-build the real config values, and the methods read them by attribute as they read a ConfigDict.
+``import ssl_jax`` needs none of grain, TFDS or ml_collections (``load_encoder``, which does, is
+imported on first use), and neither does the train step (``ssl_jax.methods``, ``models``,
+``augment``, ``losses``, ``optim``). ``ssl_jax.config``, which the recipes in ``configs/`` build
+on, imports ml_collections: when it is missing, :func:`setup_imports` registers a stand-in whose
+``ConfigDict`` is a plain attribute bag, so the real recipe files build the real config values
+and the methods read them by attribute as they read a ConfigDict.
 
 Timing: :func:`interleave` alternates the candidates window by window (the order reversed every
 other window), so a load that comes and goes on a shared machine hits all of them alike; each
@@ -34,7 +33,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_HOST_ONLY = ("grain", "tensorflow_datasets", "ml_collections")
 
 
 def _installed(name: str) -> bool:
@@ -54,19 +52,14 @@ class _AttrConfig(types.SimpleNamespace):
 def setup_imports() -> list[str]:
     """Make ``ssl_jax.methods`` and ``ssl_jax.config`` importable; returns the stand-ins used.
 
-    With grain, TFDS and ml_collections installed this only puts the repository on ``sys.path``.
+    With ml_collections installed this only puts the repository on ``sys.path``.
     """
     if REPO_ROOT not in sys.path:
         sys.path.insert(0, REPO_ROOT)
-    missing = [name for name in _HOST_ONLY if not _installed(name)]
+    # `import ssl_jax` needs only jax, flax and optax (load_encoder, which needs grain and TFDS,
+    # is imported on first use); ssl_jax.config needs ml_collections, stood in for here.
     used = []
-    if missing and "ssl_jax" not in sys.modules:
-        package = types.ModuleType("ssl_jax")
-        package.__path__ = [os.path.join(REPO_ROOT, "ssl_jax")]
-        package.__file__ = os.path.join(REPO_ROOT, "ssl_jax", "__init__.py")
-        sys.modules["ssl_jax"] = package
-        used.append(f"bare ssl_jax package (missing: {', '.join(missing)})")
-    if "ml_collections" in missing and "ml_collections" not in sys.modules:
+    if not _installed("ml_collections") and "ml_collections" not in sys.modules:
         shim = types.ModuleType("ml_collections")
         shim.ConfigDict = _AttrConfig
         config_dict = types.ModuleType("ml_collections.config_dict")

@@ -20,11 +20,22 @@ from ssl_jax.augment import (
     simclr_imagenet,
     two_views,
 )
-from ssl_jax.evaluation import load_encoder
 from ssl_jax.losses import byol_loss, contrastive_accuracy, nt_xent
 from ssl_jax.models import ConvNet, Predictor, ProjectionMLP, ResNet, get_encoder
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # load_encoder lives with the evaluation code, which imports the input pipeline (grain,
+    # TFDS): imported on first use, so `import ssl_jax` (losses, models, augmentation) needs
+    # only jax, flax and optax, as on an accelerator machine with nothing else installed.
+    if name == "load_encoder":
+        from ssl_jax.evaluation import load_encoder
+
+        return load_encoder
+    raise AttributeError(f"module 'ssl_jax' has no attribute {name!r}")
+
 
 __all__ = [
     "ConvNet",

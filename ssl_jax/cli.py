@@ -180,6 +180,13 @@ def _evaluate_flags() -> flags.FlagValues:
         "Peak AdamW lr of the encoder when fine-tuning (default: 3e-3).",
         flag_values=fv,
     )
+    flags.DEFINE_bool(
+        "plots",
+        True,
+        "Write the PNG pictures (t-SNE/PCA maps, training curves, label efficiency); --noplots "
+        "skips them.",
+        flag_values=fv,
+    )
     return fv
 
 
@@ -240,6 +247,7 @@ def evaluate(argv: list[str]) -> int:
             step=fv.step,
             test_split=fv.test_split,
             batch_size=fv.batch_size,
+            plots=fv.plots,
             **fractions,
             **optional,
         )

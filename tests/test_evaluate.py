@@ -284,12 +284,14 @@ def test_evaluate_end_to_end(tiny_run, monkeypatch, capsys):
 def test_cli_evaluate(tiny_run, capsys):
     result, _ = tiny_run
     eval_json = os.path.join(result.workdir, "eval.json")
-    if os.path.exists(eval_json):
-        os.remove(eval_json)
+    stale = [f for f in os.listdir(result.workdir) if f == "eval.json" or f.endswith(".png")]
+    for name in stale:
+        os.remove(os.path.join(result.workdir, name))
     args = ["evaluate", "--workdir", result.workdir, "--label_fractions=1.0", "--batch_size=64"]
-    assert cli.main(args) == 0
+    assert cli.main([*args, "--noplots"]) == 0
     rows = json.load(open(eval_json))
     assert {r["label_fraction"] for r in rows} == {1.0} and len(rows) == 7
+    assert not [f for f in os.listdir(result.workdir) if f.endswith(".png")]  # --noplots
     assert cli.main([]) == 0 and "evaluate" in capsys.readouterr().out
 
 

@@ -32,8 +32,8 @@ def get_config(arg: str | None = None):
     c.weight_decay = 1e-6
     c.warmup_steps = 100
     c.log_every, c.checkpoint_every, c.eval_every = 50, 300, 300
-    # The evaluation at the end fine-tunes at 1% only (10% adds ~2 min on a 2-core CPU; run
-    # `ssl-jax evaluate --workdir DIR --protocols finetune` for it).
+    # The evaluation at the end fine-tunes at 1% only (10% adds ~2 min on a 2-core CPU;
+    # `ssl-jax evaluate --workdir DIR` evaluates again with both).
     c.eval_finetune_fractions = (0.01,)
 
     if arg == "quick":

@@ -233,9 +233,23 @@ def step_flops(jitted: Any, *args: Any) -> float | None:
     XLA's cost analysis of the module lowered for the CPU platform, before any backend pass. Not
     the compiled module's: on GPU its convolutions are cuDNN custom calls that cost analysis
     counts as 0 FLOPs (ResNet-50 showed 0.3% "MFU" on an H100), and the lowered GPU module has no
-    cost analysis at all.
+    cost analysis at all. The arguments are given to the trace as shapes placed on the CPU
+    device, so that the cost analysis runs on the CPU backend too (it follows the arguments'
+    devices, and a GPU plugin's has none); the traced function is still the one the current
+    backend runs (e.g. the library convolution that ``conv_impl='auto'`` picks on GPU).
     """
-    return compiled_flops(jitted.trace(*args).lower(lowering_platforms=("cpu",)))
+    import jax
+    import numpy as np
+
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+
+    def on_cpu(x: Any) -> Any:
+        if isinstance(x, jax.Array | np.ndarray):
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu)
+        return x
+
+    shapes = jax.tree.map(on_cpu, args)
+    return compiled_flops(jitted.trace(*shapes).lower(lowering_platforms=("cpu",)))
 
 
 def compiled_memory(compiled: Any) -> dict[str, int] | None:

@@ -10,6 +10,8 @@ The public API, flat:
 Pretraining from Python: ``ssl_jax.train.train(config, workdir)``; from the shell: ``ssl-jax``.
 """
 
+from typing import TYPE_CHECKING
+
 # The function ssl_jax.augment.augment is not re-exported: it would shadow the module.
 from ssl_jax.augment import (
     ViewConfig,
@@ -23,6 +25,9 @@ from ssl_jax.augment import (
 from ssl_jax.losses import byol_loss, contrastive_accuracy, nt_xent
 from ssl_jax.models import ConvNet, Predictor, ProjectionMLP, ResNet, get_encoder
 
+if TYPE_CHECKING:
+    from ssl_jax.evaluation import load_encoder
+
 __version__ = "0.1.0"
 
 
@@ -30,11 +35,16 @@ def __getattr__(name: str):
     # load_encoder lives with the evaluation code, which imports the input pipeline (grain,
     # TFDS): imported on first use, so `import ssl_jax` (losses, models, augmentation) needs
     # only jax, flax and optax, as on an accelerator machine with nothing else installed.
+    # (`from ssl_jax import *` still imports it: it is in __all__.)
     if name == "load_encoder":
         from ssl_jax.evaluation import load_encoder
 
         return load_encoder
     raise AttributeError(f"module 'ssl_jax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "load_encoder"})
 
 
 __all__ = [

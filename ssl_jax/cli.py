@@ -95,9 +95,12 @@ def pretrain(argv: list[str]) -> int:
     from ssl_jax import parallel
 
     parallel.initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
+    import jax
+
     from ssl_jax import host_memory, logs, train
 
-    logs.console(host_memory.status())
+    if jax.process_index() == 0:
+        logs.console(host_memory.status())
 
     try:
         train.train(config, fv.workdir)

@@ -61,7 +61,7 @@ def configure() -> bool:
     before XLA's threads make their own (set later, the step stayed at ~505 images/s instead of
     ~680). ``SSL_JAX_MALLOC=keep`` forces it, ``=default`` leaves malloc alone."""
     global _status
-    setting = os.environ.get(ENV, "auto")
+    setting = os.environ.get(ENV) or "auto"
     if setting not in ("auto", "keep", "default"):
         raise ValueError(f"{ENV}={setting!r}: use auto (the default), keep or default")
     if setting == "default":
@@ -78,5 +78,10 @@ def configure() -> bool:
 
 
 def status() -> str:
-    """One line saying what :func:`configure` did, for the run's log."""
+    """One line saying what :func:`configure` did, for the run's log (call it once JAX runs)."""
+    if _status.startswith("malloc: default (an accelerator"):
+        import jax
+
+        if jax.default_backend() == "cpu":  # e.g. a CUDA plugin installed, no GPU found
+            return f"{_status}, but JAX runs on the CPU: {ENV}=keep would speed it up"
     return _status

@@ -46,3 +46,12 @@ def test_without_jax_platforms_an_installed_plugin_means_an_accelerator(monkeypa
     monkeypatch.setattr(host_memory.importlib.metadata, "entry_points", lambda group: [])
     monkeypatch.setattr(host_memory.importlib.util, "find_spec", lambda name: None)
     assert not host_memory._accelerator_expected()
+
+
+def test_an_empty_setting_is_auto_and_a_cpu_fallback_gets_a_hint(monkeypatch):
+    monkeypatch.setenv(host_memory.ENV, "")
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")  # an accelerator expected ...
+    monkeypatch.setattr(host_memory, "keep_freed_memory", lambda: True)
+    assert host_memory.configure() is False
+    # ... but these tests run JAX on the CPU: the status says what would help.
+    assert host_memory.status().endswith("SSL_JAX_MALLOC=keep would speed it up")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -75,10 +76,13 @@ def preconditioner(x: np.ndarray, max_rows: int = PRECONDITIONER_ROWS):
     return u.astype(np.float32), np.maximum(d, 0.0).astype(np.float32)
 
 
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
 @jax.jit
 def _rotate(x, basis):
     """``x @ U``: the features in the preconditioner's eigenbasis (once per probe, not per fit)."""
-    return jnp.matmul(x, basis, precision=jax.lax.Precision.HIGHEST)
+    return jnp.matmul(x, basis, precision=_HIGHEST)
 
 
 # Rows whose one-off rotation (rows x F x F, compute-bound) costs about what one fit spends on
@@ -103,7 +107,10 @@ def _lbfgs_fit(x, y, weights, l2, basis, eigvals, max_iter, *, num_classes, is_r
     xp = x * precond[None, :] if is_rotated else x
 
     def loss(params):
-        v = params["v"] if is_rotated else basis @ (precond[:, None] * params["v"])
+        if is_rotated:
+            v = params["v"]
+        else:  # full float32, as _rotate: the two paths must agree on every backend
+            v = jnp.matmul(basis, precond[:, None] * params["v"], precision=_HIGHEST)
         logits = xp @ v + params["b"]
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         data = jnp.sum(weights * ce) / jnp.sum(weights)
@@ -139,7 +146,7 @@ def fit_logistic_regression(
     weights: np.ndarray | None = None,
     max_iter: int = 50,
     preconditioner_of: tuple[np.ndarray, np.ndarray] | None = None,
-    rotated: jax.Array | bool | None = None,
+    rotated: jax.Array | Literal[False] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Multinomial logistic regression, full batch: minimise
     ``sum_i w_i CE(x_i W + b, y_i) / sum_i w_i + l2 / 2 * ||W||^2`` (bias not penalised).

@@ -146,19 +146,6 @@ def num_params(tree: Any) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(tree))
 
 
-# ----------------------------------------------------------------------------- process memory
-
-
-def keep_freed_memory() -> bool:
-    """glibc malloc keeps freed memory for reuse (``ssl_jax.host_memory.keep_freed_memory``, which
-    ``ssl-jax`` applies on CPU by itself). Call it at the start of the program; PyTorch allocates
-    through the same malloc, so in a side-by-side run both frameworks get the same allocator."""
-    setup_imports()
-    from ssl_jax import host_memory
-
-    return host_memory.keep_freed_memory()
-
-
 # ----------------------------------------------------------------------------- timing
 
 

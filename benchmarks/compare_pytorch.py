@@ -51,6 +51,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from ssl_jax import host_memory  # noqa: E402
+
 CASES = {
     # name: (recipe, overrides, batch, quick batch)
     # Global average pooling (the recipe's 4x4 grid + pooling head computes the same features
@@ -311,7 +313,7 @@ def main() -> None:
         "--malloc",
         choices=("default", "keep"),
         default="default",
-        help="'keep': glibc keeps freed memory for reuse (common.keep_freed_memory), for both",
+        help="'keep': glibc keeps freed memory (host_memory.keep_freed_memory), for both",
     )
     parser.add_argument(
         "--with-augmentation",
@@ -326,7 +328,7 @@ def main() -> None:
     if "auto" not in args.conv_impls:
         args.conv_impls.insert(0, "auto")
 
-    if args.malloc == "keep" and not common.keep_freed_memory():
+    if args.malloc == "keep" and not host_memory.keep_freed_memory():
         raise SystemExit("--malloc keep needs glibc")
     import torch
 

@@ -52,6 +52,8 @@ common.setup_imports()
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from ssl_jax import host_memory  # noqa: E402
+
 # model name -> (recipe suffix, overrides, default batches); methods pick simclr_/byol_ recipes.
 MODELS = {
     "convnet": ("fashion_mnist", {}, (128, 256)),
@@ -165,10 +167,10 @@ def main() -> None:
         "--malloc",
         choices=("default", "keep"),
         default="default",
-        help="'keep': glibc keeps freed memory for reuse (common.keep_freed_memory)",
+        help="'keep': glibc keeps freed memory for reuse (ssl_jax.host_memory.keep_freed_memory)",
     )
     args = parser.parse_args()
-    if args.malloc == "keep" and not common.keep_freed_memory():
+    if args.malloc == "keep" and not host_memory.keep_freed_memory():
         raise SystemExit("--malloc keep needs glibc")
     quick = args.quick
     models = (args.models or ("convnet,resnet18" if quick else "resnet18,resnet50")).split(",")

@@ -118,11 +118,8 @@ def pretrain(argv: list[str]) -> int:
             return 0
         from ssl_jax.evaluation import evaluate as run_evaluation
 
-        fractions = config.eval_finetune_fractions
         try:
-            run_evaluation(
-                fv.workdir, **({} if fractions is None else {"finetune_fractions": fractions})
-            )
+            run_evaluation(fv.workdir, finetune_fractions=config.eval_finetune_fractions)
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(
                 f"ssl-jax pretrain: training finished; evaluation failed: {e}"

@@ -22,7 +22,7 @@ import importlib.metadata
 import importlib.util
 import os
 
-ENV = "SSL_JAX_MALLOC"  # 'default': leave malloc's settings alone
+ENV = "SSL_JAX_MALLOC"  # auto (the default) | keep | default (leave malloc alone)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc mallopt parameters
 
 
@@ -53,6 +53,7 @@ def _accelerator_expected() -> bool:
 
 
 _status = "malloc: default (host_memory.configure() was not called)"
+_skipped_for_accelerator = False  # configure() left malloc alone because of an expected accelerator
 
 
 def configure() -> bool:
@@ -60,7 +61,8 @@ def configure() -> bool:
     it did. Call it BEFORE JAX starts its backend: the single arena only helps if it is set
     before XLA's threads make their own (set later, the step stayed at ~505 images/s instead of
     ~680). ``SSL_JAX_MALLOC=keep`` forces it, ``=default`` leaves malloc alone."""
-    global _status
+    global _status, _skipped_for_accelerator
+    _skipped_for_accelerator = False
     setting = os.environ.get(ENV) or "auto"
     if setting not in ("auto", "keep", "default"):
         raise ValueError(f"{ENV}={setting!r}: use auto (the default), keep or default")
@@ -68,6 +70,7 @@ def configure() -> bool:
         _status = f"malloc: default ({ENV}=default)"
         return False
     if setting == "auto" and _accelerator_expected():
+        _skipped_for_accelerator = True
         _status = f"malloc: default (an accelerator backend is expected; {ENV}=keep forces it)"
         return False
     if not keep_freed_memory():
@@ -79,7 +82,7 @@ def configure() -> bool:
 
 def status() -> str:
     """One line saying what :func:`configure` did, for the run's log (call it once JAX runs)."""
-    if _status.startswith("malloc: default (an accelerator"):
+    if _skipped_for_accelerator:
         import jax
 
         if jax.default_backend() == "cpu":  # e.g. a CUDA plugin installed, no GPU found

@@ -295,6 +295,42 @@ def test_cli_evaluate(tiny_run, capsys):
     assert cli.main([]) == 0 and "evaluate" in capsys.readouterr().out
 
 
+def test_eval_json_keeps_the_earlier_rows_of_the_same_checkpoint_seed_and_split(tiny_run, capsys):
+    result, _ = tiny_run
+    eval_json = os.path.join(result.workdir, "eval.json")
+    if os.path.exists(eval_json):
+        os.remove(eval_json)
+    kw = dict(label_fractions=(1.0,), batch_size=64, plots=False)
+
+    def saved():
+        return sorted(
+            (r["representation"], r["protocol"], r["seed"]) for r in json.load(open(eval_json))
+        )
+
+    first = evaluate(result.workdir, representations=("raw_pixels",), protocols=("linear",), **kw)
+    second = evaluate(result.workdir, representations=("ssl",), protocols=("knn",), **kw)
+    assert [r["test_split"] for r in first + second] == ["test"] * 3
+    # A partial evaluation adds its rows to the earlier ones of the same checkpoint and seed...
+    assert saved() == [("raw_pixels", "linear", 0), ("ssl", "knn", 0), ("ssl", "knn_k20", 0)]
+    assert "kept 1 rows of the earlier evaluation of step 4" in capsys.readouterr().out
+    md = open(os.path.join(result.workdir, "eval.md")).read()
+    assert "| raw_pixels | linear |" in md and "| ssl | knn |" in md
+    # ...a redone row replaces its earlier self...
+    again = evaluate(result.workdir, representations=("ssl",), protocols=("knn",), **kw)
+    assert saved() == [("raw_pixels", "linear", 0), ("ssl", "knn", 0), ("ssl", "knn_k20", 0)]
+    assert [r["top1"] for r in again] == [r["top1"] for r in second]  # deterministic
+    # ...and another seed is another experiment: its rows replace the file.
+    evaluate(result.workdir, representations=("ssl",), protocols=("knn",), seed=1, **kw)
+    assert saved() == [("ssl", "knn", 1), ("ssl", "knn_k20", 1)]
+    # An unreadable eval.json is reported and rewritten, not fatal.
+    with open(eval_json, "w") as fh:
+        fh.write("{not json")
+    evaluate(result.workdir, representations=("raw_pixels",), protocols=("linear",), **kw)
+    assert saved() == [("raw_pixels", "linear", 0)]
+    assert "is unreadable" in capsys.readouterr().out
+    assert not [f for f in os.listdir(result.workdir) if ".tmp-" in f]  # atomic writes cleaned up
+
+
 def _evaluate_error(args) -> str:
     with pytest.raises(SystemExit) as info:
         cli.main(["evaluate", *args])

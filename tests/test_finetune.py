@@ -204,6 +204,8 @@ def test_evaluate_emits_finetune_rows_trained_on_the_labelled_subset(tiny_run, m
 
 def test_cli_evaluate_finetune_flags(tiny_run):
     result, _ = tiny_run
+    if os.path.exists(os.path.join(result.workdir, "eval.json")):  # no rows kept from before
+        os.remove(os.path.join(result.workdir, "eval.json"))
     args = [
         "evaluate",
         "--workdir",

@@ -148,15 +148,18 @@ def evaluate(
         subset (40 epochs, within [50, 200] steps).
       finetune_batch_size, finetune_lr, finetune_encoder_lr: the fine-tuning batch and peak
         AdamW learning rates of the head and of the encoder (see ``FinetuneHParams``).
-      write: write ``workdir/eval.json`` and ``workdir/eval.md``.
+      write: write ``workdir/eval.json`` and ``workdir/eval.md`` (atomically): this call's rows
+        and those of an earlier evaluation of the same checkpoint, seed and test split that it
+        did not redo (so ``protocols=('finetune',)`` adds to the kNN and linear rows).
       plots: with ``write``, also the PNG pictures of :func:`ssl_jax.evaluation.plots.write_plots`
         (test-set embedding maps of the ssl features, training curves, label efficiency).
 
     Returns:
-      One dict per (representation, protocol, label fraction): representation, protocol,
-      label_fraction, n_labels, top1, top5 (None when there are <= 5 classes), seed, step,
-      and k and temperature (kNN), l2, val_top1 and n_val (linear), or steps, batch_size, lr,
-      encoder_lr and train_loss (finetune). Accuracies are in [0, 1].
+      This call's rows, one dict per (representation, protocol, label fraction):
+      representation, protocol, label_fraction, n_labels, top1, top5 (None when there are <= 5
+      classes), seed, step, test_split, and k and temperature (kNN), l2, val_top1 and n_val
+      (linear), or steps, batch_size, lr, encoder_lr and train_loss (finetune). Accuracies are
+      in [0, 1].
     """
     t_start = time.perf_counter()
     unknown = sorted(set(representations) - set(REPRESENTATIONS))
@@ -249,6 +252,7 @@ def evaluate(
             n_labels=int(len(subsets[f])),
             seed=seed,
             step=encoder.step,
+            test_split=test_split,
         )
 
     for name in extractors:
@@ -288,7 +292,8 @@ def evaluate(
             rows.append(dict(common(name, f), protocol="linear", **_pick(probe, _LINEAR_FIELDS)))
             logs.console(
                 f"  {name} linear, {_fraction_name(f)} labels: top-1 {_pct(probe['top1'])}% "
-                f"(l2={probe['l2']:g}, validation top-1 {_pct(probe['val_top1'])}%) "
+                f"(l2={probe['l2_selected']:g} chosen, validation top-1 "
+                f"{_pct(probe['val_top1'])}%; refit with {probe['l2']:.3g}) "
                 f"[{time.perf_counter() - t:.1f} s]"
             )
 
@@ -321,24 +326,36 @@ def evaluate(
             rows += [dict(common(n, f), protocol="finetune", **r) for n, r in results.items()]
         logs.console(f"fine-tuning (with its scoring) took {time.perf_counter() - t:.1f} s")
 
-    rows = [_pick(r, _ROW_ORDER) for r in sorted(rows, key=_row_rank(knn_protocols))]
-    table = format_table(rows)
+    rank = _row_rank(knn_protocols)
+    rows = [_pick(r, _ROW_ORDER) for r in sorted(rows, key=rank)]
+    shown = rows
+    if write:  # eval.json also keeps the rows of earlier runs of this checkpoint not redone here
+        kept = _earlier_rows(os.path.join(encoder.workdir, "eval.json"), rows)
+        shown = sorted(kept + rows, key=rank)
+        if kept:
+            logs.console(
+                f"kept {len(kept)} rows of the earlier evaluation of step {encoder.step} "
+                f"(seed {seed}, {test_split} split) in eval.json: "
+                + ", ".join(sorted({f"{r['representation']} {r['protocol']}" for r in kept}))
+            )
+    table = format_table(shown)
     elapsed = time.perf_counter() - t_start
     logs.console(f"\nTop-1 / top-5 test accuracy (%), evaluated in {elapsed:.0f} s:\n{table}")
     if write:
-        with open(os.path.join(encoder.workdir, "eval.json"), "w") as fh:
-            json.dump(rows, fh, indent=1)
+        _write_atomic(os.path.join(encoder.workdir, "eval.json"), json.dumps(shown, indent=1))
         notes = _notes(encoder, train_src, test_src, test_split, num_classes, seed, knn_protocols)
-        notes += _finetune_notes(rows, ft_hparams)
-        with open(os.path.join(encoder.workdir, "eval.md"), "w") as fh:
-            fh.write(f"{notes}\nTop-1 / top-5 {test_split} accuracy (%):\n\n{table}\n")
+        notes += _finetune_notes(shown, ft_hparams)
+        _write_atomic(
+            os.path.join(encoder.workdir, "eval.md"),
+            f"{notes}\nTop-1 / top-5 {test_split} accuracy (%):\n\n{table}\n",
+        )
         if plots:
             from ssl_jax.evaluation.plots import write_plots  # matplotlib only when plotting
 
             t = time.perf_counter()
             written = write_plots(
                 encoder.workdir,
-                rows=rows,
+                rows=shown,
                 test_features=test_x.get("ssl"),
                 test_labels=test_y if "ssl" in test_x else None,
                 class_names=getattr(test_src, "class_names", None),
@@ -386,11 +403,47 @@ def _knn_rows(query, query_labels, bank, bank_labels, num_classes, protocols) ->
     return rows
 
 
+def _row_key(row: dict) -> tuple:
+    return row["representation"], row["protocol"], float(row["label_fraction"])
+
+
+def _earlier_rows(path: str, rows: Sequence[dict]) -> list[dict]:
+    """The rows of an existing ``eval.json`` to keep next to ``rows``: those of the same
+    checkpoint step, seed and test split (so the same labelled subsets and test images) whose
+    (representation, protocol, label fraction) ``rows`` does not redo. Rows of another
+    checkpoint, seed or split are dropped: they describe another experiment."""
+    if not rows or not os.path.exists(path):
+        return []
+    try:
+        with open(path) as fh:
+            earlier = json.load(fh)
+        same = {k: rows[0][k] for k in ("step", "seed", "test_split")}
+        redone = {_row_key(r) for r in rows}
+        return [
+            r
+            for r in earlier
+            if all(r.get(k, "test" if k == "test_split" else None) == v for k, v in same.items())
+            and _row_key(r) not in redone
+        ]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        logs.console(f"warning: {path} is unreadable ({e!r}); it is rewritten from this run's rows")
+        return []
+
+
+def _write_atomic(path: str, text: str) -> None:
+    """Write to a temporary file beside ``path``, then rename it over ``path``: a killed run
+    leaves the old file or the new one, never half of one."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
 def _pick(d: dict, keys: Sequence[str]) -> dict:
     return {k: d[k] for k in keys if k in d}
 
 
-_LINEAR_FIELDS = ("top1", "top5", "l2", "val_top1", "n_val")
+_LINEAR_FIELDS = ("top1", "top5", "l2", "l2_selected", "val_top1", "n_val")
 _ROW_ORDER = (
     "representation",
     "protocol",
@@ -400,9 +453,11 @@ _ROW_ORDER = (
     "top5",
     "seed",
     "step",
+    "test_split",
     "k",
     "temperature",
     "l2",
+    "l2_selected",
     "val_top1",
     "n_val",
     "steps",
@@ -427,7 +482,9 @@ def _notes(encoder, train_src, test_src, test_split, num_classes, seed, knn_prot
         f"- cosine kNN with the labelled subset as the memory bank ({knn}; k is capped at the "
         "subset size).\n"
         "- linear: logistic regression (L-BFGS, full batch) on standardised features; L2 "
-        "chosen on a validation split of the labelled subset, then refitted on all of it.\n"
+        "chosen on a validation split of the labelled subset (the candidates fitted strongest "
+        "first, each from the one before), then refitted on all of it with the same penalty "
+        "per summed loss.\n"
         "- random_init: the same encoder before training; raw_pixels: pixels in [0, 1].\n"
     )
 

@@ -4,7 +4,8 @@
     python benchmarks/linear_probe.py --workdir runs/simclr_fmnist --fraction 0.1
 
 Extracts the run's frozen features (as ``ssl-jax evaluate`` does), takes the class-balanced
-labelled subset and validation split that the evaluation uses (seed 0), and for every L2 of the
+labelled subset and validation split that the evaluation uses (same seed; above 10,000 labels the
+evaluation chooses its L2 on a sample, this script on all of them), and for every L2 of the
 probe's grid prints the objective (mean cross-entropy + l2/2 ||W||^2, float64, on the fitted rows),
 validation and test top-1 of:
 

@@ -319,15 +319,30 @@ def test_eval_json_keeps_the_earlier_rows_of_the_same_checkpoint_seed_and_split(
     again = evaluate(result.workdir, representations=("ssl",), protocols=("knn",), **kw)
     assert saved() == [("raw_pixels", "linear", 0), ("ssl", "knn", 0), ("ssl", "knn_k20", 0)]
     assert [r["top1"] for r in again] == [r["top1"] for r in second]  # deterministic
-    # ...and another seed is another experiment: its rows replace the file.
+    # ...rows made with other settings than this call's (what eval.md describes) are dropped...
+    evaluate(result.workdir, representations=("raw_pixels",), protocols=("linear",), **kw)
+    assert saved() == [("raw_pixels", "linear", 0), ("ssl", "knn", 0), ("ssl", "knn_k20", 0)]
+    capsys.readouterr()
+    kw_t = dict(kw, knn_temperature=0.5)
+    evaluate(result.workdir, representations=("raw_pixels",), protocols=("linear",), **kw_t)
+    assert saved() == [("raw_pixels", "linear", 0), ("ssl", "knn_k20", 0)]  # knn at T=0.1 gone
+    assert "dropped 1 rows" in capsys.readouterr().out
+    # ...as are rows of another seed (another experiment), malformed ones and old-format ones.
+    rows_now = json.load(open(eval_json))
+    old = dict(next(r for r in rows_now if r["protocol"] == "linear"))
+    del old["test_split"], old["l2_selected"]  # written before test_split and the L2 path
+    with open(eval_json, "w") as fh:
+        json.dump([*rows_now, old, {"representation": "ssl"}, [1, 2]], fh)
     evaluate(result.workdir, representations=("ssl",), protocols=("knn",), seed=1, **kw)
     assert saved() == [("ssl", "knn", 1), ("ssl", "knn_k20", 1)]
-    # An unreadable eval.json is reported and rewritten, not fatal.
+    assert "dropped 5 rows" in capsys.readouterr().out
+    # An unreadable eval.json is set aside and rewritten, not fatal.
     with open(eval_json, "w") as fh:
         fh.write("{not json")
     evaluate(result.workdir, representations=("raw_pixels",), protocols=("linear",), **kw)
     assert saved() == [("raw_pixels", "linear", 0)]
     assert "is unreadable" in capsys.readouterr().out
+    assert open(eval_json + ".unreadable").read() == "{not json"
     assert not [f for f in os.listdir(result.workdir) if ".tmp-" in f]  # atomic writes cleaned up
 
 

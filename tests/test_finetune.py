@@ -154,6 +154,8 @@ def test_evaluate_rejects_bad_selections(tmp_path):
 
 def test_evaluate_emits_finetune_rows_trained_on_the_labelled_subset(tiny_run, monkeypatch):
     result, config = tiny_run
+    if os.path.exists(os.path.join(result.workdir, "eval.json")):  # no rows kept from before
+        os.remove(os.path.join(result.workdir, "eval.json"))
     trained_on = []
 
     def recording_finetune(encoder, images, labels, **kwargs):

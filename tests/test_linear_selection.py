@@ -92,7 +92,7 @@ def _newton_optimum(x, y, num_classes, l2, iters=200):
         p = np.exp(z - z.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
         grad = x1.T @ (p - onehot) / len(x1) + reg * theta
-        if np.abs(grad).max() < 1e-13:
+        if np.abs(grad).max() < 1e-10:
             break
         s = p[:, :, None] * np.eye(num_classes) - p[:, :, None] * p[:, None, :]  # softmax Jacobian
         hess = np.einsum("ia,ib,ijk->ajbk", x1, x1, s).reshape(grad.size, grad.size) / len(x1)
@@ -102,6 +102,11 @@ def _newton_optimum(x, y, num_classes, l2, iters=200):
         while f(theta - t * step) > f0 - 1e-4 * t * np.sum(grad * step) and t > 1e-12:
             t /= 2
         theta = theta - t * step
+    else:
+        raise AssertionError(
+            f"the Newton reference did not converge in {iters} iterations: "
+            f"max |gradient| {np.abs(grad).max():.1e}"
+        )
     return theta[:-1], theta[-1], f(theta)
 
 
@@ -155,7 +160,9 @@ def test_linear_probe_walks_the_l2_grid_from_strong_to_weak_with_warm_starts(mon
 
     def recording_fit(*args, **kwargs):
         out = fit_logistic_regression(*args, **kwargs)
-        calls.append((kwargs["l2"], kwargs.get("init"), out))
+        weights = kwargs.get("weights")
+        fitted = len(args[0]) if weights is None else int(np.sum(weights > 0))
+        calls.append((kwargs["l2"], kwargs.get("init"), out, fitted))
         return out
 
     monkeypatch.setattr(linear, "fit_logistic_regression", recording_fit)
@@ -166,6 +173,7 @@ def test_linear_probe_walks_the_l2_grid_from_strong_to_weak_with_warm_starts(mon
     probe = linear_probe(x, y, xt, yt, np.arange(200), num_classes=4, seed=0, l2_grid=grid)
     assert [c[0] for c in calls] == [1.0, 1e-1, 1e-3, probe["l2"]]
     assert probe["l2"] == pytest.approx(probe["l2_selected"] * 160 / 200)  # 40 held out
+    assert [c[3] for c in calls] == [160, 160, 160, 200]  # the refit uses every labelled row
     assert calls[0][1] is None  # the strongest L2 starts from zero...
     for previous, current in zip(calls[:2], calls[1:3], strict=True):
         # ...each next one from the fit before it

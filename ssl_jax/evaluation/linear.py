@@ -17,7 +17,8 @@ The L2 strength is chosen on a class-balanced validation split carved out of the
 fitted as a regularisation path, strongest first, each fit warm-started from the one before. The
 preconditioner helps least at weak L2 on near-separable data (few labels, wide features): there
 the softmax saturates, the curvature falls far below 1/C, and a fit from zero is still far from
-its minimum after tens of iterations.
+its minimum after tens of iterations. (So a candidate's validation score depends a little on
+the grid before it: where its fit starts. With fits run to convergence it would not.)
 """
 
 from __future__ import annotations

@@ -149,17 +149,19 @@ def evaluate(
       finetune_batch_size, finetune_lr, finetune_encoder_lr: the fine-tuning batch and peak
         AdamW learning rates of the head and of the encoder (see ``FinetuneHParams``).
       write: write ``workdir/eval.json`` and ``workdir/eval.md`` (atomically): this call's rows
-        and those of an earlier evaluation of the same checkpoint, seed and test split that it
-        did not redo (so ``protocols=('finetune',)`` adds to the kNN and linear rows).
+        and those of an earlier evaluation of the same checkpoint, seed and test split, made with
+        the same settings, that it did not redo (so ``protocols=('finetune',)`` adds to the kNN
+        and linear rows). Two evaluations of one workdir at the same time: the last one written
+        wins.
       plots: with ``write``, also the PNG pictures of :func:`ssl_jax.evaluation.plots.write_plots`
         (test-set embedding maps of the ssl features, training curves, label efficiency).
 
     Returns:
       This call's rows, one dict per (representation, protocol, label fraction):
       representation, protocol, label_fraction, n_labels, top1, top5 (None when there are <= 5
-      classes), seed, step, test_split, and k and temperature (kNN), l2, val_top1 and n_val
-      (linear), or steps, batch_size, lr, encoder_lr and train_loss (finetune). Accuracies are
-      in [0, 1].
+      classes), seed, step, test_split, and k and temperature (kNN), l2 (the final fit's),
+      l2_selected (the grid value chosen), val_top1 and n_val (linear), or steps, batch_size,
+      lr, encoder_lr and train_loss (finetune). Accuracies are in [0, 1].
     """
     t_start = time.perf_counter()
     unknown = sorted(set(representations) - set(REPRESENTATIONS))
@@ -330,7 +332,8 @@ def evaluate(
     rows = [_pick(r, _ROW_ORDER) for r in sorted(rows, key=rank)]
     shown = rows
     if write:  # eval.json also keeps the rows of earlier runs of this checkpoint not redone here
-        kept = _earlier_rows(os.path.join(encoder.workdir, "eval.json"), rows)
+        path = os.path.join(encoder.workdir, "eval.json")
+        kept = _earlier_rows(path, rows, knn_protocols, ft_hparams)
         shown = sorted(kept + rows, key=rank)
         if kept:
             logs.console(
@@ -407,36 +410,87 @@ def _row_key(row: dict) -> tuple:
     return row["representation"], row["protocol"], float(row["label_fraction"])
 
 
-def _earlier_rows(path: str, rows: Sequence[dict]) -> list[dict]:
+def _same_settings(row: dict, knn_protocols, hp: FinetuneHParams) -> bool:
+    """Whether an earlier row was made with this call's settings for its protocol (what
+    eval.md describes): kNN k and temperature, the linear probe with its L2 path (rows before
+    it lack ``l2_selected``), the fine-tuning batch and learning rates."""
+    knn = {name: (k, temperature) for name, k, temperature in knn_protocols}
+    protocol = row["protocol"]
+    if protocol in knn:
+        k, temperature = knn[protocol]
+        return row.get("k") == min(k, row["n_labels"]) and row.get("temperature") == temperature
+    if protocol == "linear":
+        return "l2_selected" in row
+    if protocol == "finetune":
+        return (row.get("batch_size"), row.get("lr"), row.get("encoder_lr")) == (
+            hp.batch_size,
+            hp.lr,
+            hp.encoder_lr,
+        )
+    return False
+
+
+def _earlier_rows(path: str, rows: Sequence[dict], knn_protocols, hp: FinetuneHParams) -> list:
     """The rows of an existing ``eval.json`` to keep next to ``rows``: those of the same
-    checkpoint step, seed and test split (so the same labelled subsets and test images) whose
-    (representation, protocol, label fraction) ``rows`` does not redo. Rows of another
-    checkpoint, seed or split are dropped: they describe another experiment."""
+    checkpoint step, seed and test split (so the same labelled subsets and test images), made
+    with the same settings (:func:`_same_settings`), whose (representation, protocol, label
+    fraction) ``rows`` does not redo. The others describe another experiment and are dropped,
+    with a message; so is a malformed row, and a file that is not a JSON list of rows is set
+    aside as ``eval.json.unreadable``."""
     if not rows or not os.path.exists(path):
         return []
     try:
         with open(path) as fh:
             earlier = json.load(fh)
-        same = {k: rows[0][k] for k in ("step", "seed", "test_split")}
-        redone = {_row_key(r) for r in rows}
-        return [
-            r
-            for r in earlier
-            if all(r.get(k, "test" if k == "test_split" else None) == v for k, v in same.items())
-            and _row_key(r) not in redone
-        ]
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-        logs.console(f"warning: {path} is unreadable ({e!r}); it is rewritten from this run's rows")
+        if not isinstance(earlier, list):
+            raise ValueError(f"a JSON list of rows was expected, got {type(earlier).__name__}")
+    except (OSError, ValueError) as e:
+        os.replace(path, path + ".unreadable")
+        logs.console(
+            f"warning: {path} is unreadable ({e}); moved to {path}.unreadable and rewritten "
+            "from this run's rows"
+        )
         return []
+    same = {k: rows[0][k] for k in ("step", "seed", "test_split")}
+    redone = {_row_key(r) for r in rows}
+    kept, dropped = [], 0
+    for r in earlier:
+        try:
+            ok = (
+                r["representation"] in _REPRESENTATION_RANK
+                and all(r.get(k) == v for k, v in same.items())
+                and _same_settings(r, knn_protocols, hp)
+                and isinstance(r["top1"], float | int)
+            )
+            key = _row_key(r)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            ok = False
+        if ok and key not in redone:
+            kept.append(r)
+        elif not ok:
+            dropped += 1
+    if dropped:
+        logs.console(
+            f"dropped {dropped} rows of {path} made at another checkpoint, seed, split or with "
+            "other settings"
+        )
+    return kept
 
 
 def _write_atomic(path: str, text: str) -> None:
     """Write to a temporary file beside ``path``, then rename it over ``path``: a killed run
     leaves the old file or the new one, never half of one."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def _pick(d: dict, keys: Sequence[str]) -> dict:

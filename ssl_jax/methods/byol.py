@@ -127,7 +127,8 @@ def train_step(
         state.tx, state.params, state.opt_state, grads
     )
     tau = target_decay(state.step, hp.base_tau, hp.total_steps)
-    target_params = optax.incremental_update(params["network"], state.target_params, 1.0 - tau)
+    with jax.named_scope("target_ema"):
+        target_params = optax.incremental_update(params["network"], state.target_params, 1.0 - tau)
     metrics.update(
         loss=loss,
         tau=tau,

@@ -10,10 +10,12 @@ on-device augmentation included), runs two warm-up steps, traces ``--steps`` ste
 timeline) and prints, per step:
 
 * the device time by **phase** x **kind** of op. The phase comes from each op's name scope in
-  the compiled HLO: ``augment``, ``optimizer`` and ``target_ema`` (named scopes of
-  ``ssl_jax.methods``), backward (``transpose(...)`` of JAX's autodiff), forward (the rest of
-  ``jvp(...)``), other. The kind comes from the op itself: convolution, matmul (``dot``, cuBLAS or
-  a library fusion around one), collective, copy/transpose, reduction fusion, elementwise fusion;
+  the compiled HLO: augment, target (BYOL's target network), optimizer and target_ema (the named
+  scopes ``augmentation``, ``target_forward``, ``optimizer_update`` and ``target_ema`` of
+  ``ssl_jax.methods``), backward (``transpose(...)``
+  of JAX's autodiff), forward (the rest of ``jvp(...)``), other. The kind comes from the op
+  itself: convolution, matmul (``dot``, cuBLAS or a library fusion around one), collective,
+  copy/transpose, reduction fusion, elementwise fusion;
 * the ``--top`` ops by time, with their shape and the source of their name scope.
 
 Events are matched to HLO instructions by the op name the profiler records (``hlo_op`` on GPU,
@@ -58,7 +60,7 @@ _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\S+(?:\{[^}]*\})
 _CALLS = re.compile(r"\bcalls=%?([\w.\-]+)")
 _TARGET = re.compile(r'custom_call_target="([^"]*)"')
 _FUSION_KIND = re.compile(r"\bkind=(k\w+)")
-PHASES = ("augment", "forward", "backward", "optimizer", "target_ema", "other")
+PHASES = ("augment", "target", "forward", "backward", "optimizer", "target_ema", "other")
 
 
 def hlo_instructions(hlo_text: str) -> dict[str, dict]:
@@ -112,10 +114,19 @@ def _kind_of(inst: dict, computations: dict[str, set]) -> str:
     return opcode
 
 
+# Named scopes of ssl_jax.methods -> the phase they are reported as.
+_SCOPES = {
+    "augmentation": "augment",
+    "target_forward": "target",  # BYOL's target network (no gradient)
+    "optimizer_update": "optimizer",
+    "target_ema": "target_ema",
+}
+
+
 def _phase_of(op_name: str) -> str:
-    for scope in ("augment", "optimizer", "target_ema"):
+    for scope, phase in _SCOPES.items():
         if re.search(rf"(^|[(/]){scope}[)/]", op_name):
-            return scope
+            return phase
     if "transpose(" in op_name:
         return "backward"
     if "jvp(" in op_name:

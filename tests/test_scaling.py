@@ -20,6 +20,7 @@ image batch), so that its passing the real steps means something.
 
 import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -37,18 +38,20 @@ N_DEV = 8
 
 @functools.cache
 def _compiled_step(method_name: str):
-    """(collectives, abstract state, config) of the method's tiny step compiled for 8 devices."""
+    """(collectives, abstract state, config, HLO text) of the method's tiny step compiled for 8
+    devices."""
     config = tiny_config(method_name)
     method = get_method(method_name)
     mesh = parallel.make_mesh(N_DEV)
     inputs = profiling.abstract_step_inputs(config, method, mesh)
     compiled = profiling.jit_train_step(method, mesh).lower(*inputs).compile()
-    return profiling.collectives(compiled.as_text(), N_DEV), inputs[0], config
+    text = compiled.as_text()
+    return profiling.collectives(text, N_DEV), inputs[0], config, text
 
 
 def _check_real_step(method_name: str) -> list[dict]:
     assert jax.device_count() == N_DEV, "tests/conftest.py should fake 8 CPU devices"
-    colls, state, config = _compiled_step(method_name)
+    colls, state, config, _ = _compiled_step(method_name)
     problems = profiling.data_parallel_problems(colls, **profiling.step_sizes(state, config))
     assert not problems, "\n".join(problems)
     # The gradients are reduced at all: at least one parameter's worth of bytes is all-reduced.
@@ -62,6 +65,19 @@ def test_simclr_step_holds_only_data_parallel_collectives():
     colls = _check_real_step("simclr")
     # The negatives span the devices: the embeddings are gathered inside the loss.
     assert any(c["kind"] == "all-gather" and c["scope"] == "nt_xent" for c in colls)
+
+
+@pytest.mark.parametrize("method_name", ["simclr", "byol"])
+def test_step_ops_carry_the_phase_scopes_profiles_read(method_name):
+    """benchmarks/profile_step.py attributes device time to augment / optimizer / target_ema by
+    these named scopes in the compiled ops' metadata, and to forward / backward by JAX's own
+    jvp / transpose wrappers. (Not 'augment': that function's name is in op names anyway.)"""
+    op_names = set(re.findall(r'op_name="([^"]*)"', _compiled_step(method_name)[3]))
+    scopes = ["augmentation", "optimizer_update"]
+    scopes += ["target_forward", "target_ema"] if method_name == "byol" else []
+    for scope in scopes:
+        assert any(re.search(rf"[(/]{scope}[)/]", n) for n in op_names), scope
+    assert any("transpose(" in n for n in op_names) and any("jvp(" in n for n in op_names)
 
 
 def test_byol_step_holds_only_data_parallel_collectives():

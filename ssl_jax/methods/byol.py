@@ -111,8 +111,9 @@ def train_step(
     target = nnx.merge(
         state.target_graphdef, state.target_params, state.target_batch_stats, copy=True
     )
-    _, t1 = target(x1)
-    _, t2 = target(x2)
+    with jax.named_scope("target_forward"):  # for profiles
+        _, t1 = target(x1)
+        _, t2 = target(x2)
     target_batch_stats = nnx.state(target, nnx.BatchStat)
 
     def loss_fn(params):

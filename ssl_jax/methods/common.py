@@ -133,16 +133,16 @@ def optimizer_for(config: Any):
 
 def make_views(batch: dict, key: jax.Array, hp: StepHParams) -> tuple[jax.Array, jax.Array]:
     """Two augmented views of the uint8 batch, made on the device and outside the gradient.
-    (Its ops carry the name scope ``augment`` in the compiled HLO, for profiles.)"""
-    with jax.named_scope("augment"):
+    (Its ops carry the name scope ``augmentation`` in the compiled HLO, for profiles.)"""
+    with jax.named_scope("augmentation"):
         x1, x2 = augment.two_views(batch["image"], key, hp.view1, hp.view2, dtype=hp.compute_dtype)
     return jax.lax.stop_gradient(x1), jax.lax.stop_gradient(x2)
 
 
 def apply_gradients(tx, params, opt_state, grads) -> tuple[Any, Any, dict]:
     """One optimizer update; returns new params, new optimizer state and the l2 metrics.
-    (The update's ops carry the name scope ``optimizer``, for profiles.)"""
-    with jax.named_scope("optimizer"):
+    (The update's ops carry the name scope ``optimizer_update``, for profiles.)"""
+    with jax.named_scope("optimizer_update"):
         updates, opt_state = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
     metrics = {

@@ -37,7 +37,6 @@ import json
 import os
 import re
 import sys
-import time
 
 # Before JAX starts: per-op attribution on GPU needs command buffers off (see above).
 os.environ["XLA_FLAGS"] = (
@@ -45,13 +44,11 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 
 import common  # noqa: E402
-import numpy as np  # noqa: E402
 
 common.setup_imports()
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from train_step import MODELS, build_config  # noqa: E402
+from train_step import MODELS, build_step  # noqa: E402
 
 from ssl_jax import host_memory  # noqa: E402
 from ssl_jax.profiling import _COMPUTATION, _OP_NAME, COLLECTIVE_KINDS  # noqa: E402
@@ -222,39 +219,24 @@ def main() -> None:
     common.header(f"profile of the {args.method} train step (benchmarks/profile_step.py)")
     print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
     print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}")
-    config = build_config(args.method, args.model, args.dtype, batch)
-    in_size = config.data_image_size or config.image_size
-    images = np.random.default_rng(0).integers(
-        0, 256, (batch, in_size, in_size, config.image_channels), dtype=np.uint8
-    )
-    data, key = {"image": jnp.asarray(images)}, jax.random.key(0)
-    method, state = common.init_state(config)
-    compiled = jax.jit(method.train_step, donate_argnums=(0,)).lower(state, data, key).compile()
+    config, _, state, data, key, step = build_step(args.method, args.model, args.dtype, batch)
+    compiled = step.lower(state, data, key).compile()
     hlo = hlo_instructions(compiled.as_text())
     print(
         f"{args.model} {config.image_size} px, {args.dtype}, batch {batch}: "
         f"{len(hlo['instructions']):,} HLO instructions"
     )
-    for _ in range(2):
-        state, metrics = compiled(state, data, key)
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        state, metrics = compiled(state, data, key)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - t)
+    run = common.jax_step_runner(compiled, state, data, key)  # carries the donated state
+    times = common.interleave({"step": run}, windows=5, iters=1, warmup=2)["step"]["wall"]
     with jax.profiler.trace(args.trace_dir):
-        for _ in range(args.steps):
-            state, metrics = compiled(state, data, key)
-        jax.block_until_ready(metrics)
+        run(args.steps)
     by_cell, ops, unmatched = summarize(read_trace(args.trace_dir), hlo, args.steps)
     if not ops:
         raise SystemExit(
             f"no trace event matched an HLO instruction of the step (trace in {args.trace_dir}): "
             "this backend's profiler names ops differently; open the trace in XProf instead."
         )
-    print_report(by_cell, ops, unmatched, hlo, 1e3 * float(np.median(times)), args.top)
+    print_report(by_cell, ops, unmatched, hlo, 1e3 * common.median(times), args.top)
     print(f"\ntrace: {args.trace_dir} (TensorBoard/XProf or https://ui.perfetto.dev)")
 
 

@@ -83,17 +83,21 @@ def timed(fn, args, *, windows: int, iters: int) -> float:
     return common.median(common.interleave({"f": run}, windows=windows, iters=iters)["f"]["wall"])
 
 
-def measure(method_name: str, model: str, dtype: str, batch: int, args, peaks, breakdown: bool):
+def build_step(method_name: str, model: str, dtype: str, batch: int):
+    """The recipe's config, method and fresh state, a batch of random uint8 images of the
+    recipe's input size, a key, and the train step jitted with the state donated."""
     config = build_config(method_name, model, dtype, batch)
     in_size = config.data_image_size or config.image_size
     images = np.random.default_rng(0).integers(
         0, 256, (batch, in_size, in_size, config.image_channels), dtype=np.uint8
     )
-    data = {"image": jnp.asarray(images)}
-    key = jax.random.key(0)
     method, state = common.init_state(config)
-
     step = jax.jit(method.train_step, donate_argnums=(0,))
+    return config, method, state, {"image": jnp.asarray(images)}, jax.random.key(0), step
+
+
+def measure(method_name: str, model: str, dtype: str, batch: int, args, peaks, breakdown: bool):
+    config, method, state, data, key, step = build_step(method_name, model, dtype, batch)
     start = time.perf_counter()
     compiled = step.lower(state, data, key).compile()
     compile_s = time.perf_counter() - start

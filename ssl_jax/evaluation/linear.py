@@ -302,20 +302,19 @@ def linear_probe(
     # scored 33% on validation after 50 iterations and 73% after 1,000, where the path reached
     # 81% after 50 (RESULTS.md, "Linear probe: a warm-started L2 path").
     val_by_l2: dict[float, float] = {}
-    init, init_at = None, {}
+    init = best = None
     if len(val_idx):
         is_val = np.isin(subset[sel], val_idx)
         fit = fitter(sel, fits=len(l2_grid))
-        best = None
+        x_val, y_val = x[sel][is_val], y[sel][is_val]
         for l2 in sorted(l2_grid, reverse=True):  # exact ties keep the stronger L2
-            w, b = fit(y[sel], l2=l2, weights=(~is_val).astype(np.float32), init=init)
-            init = init_at[float(l2)] = (w, b)
-            logits = x[sel][is_val] @ w + b
-            acc = topk_accuracy(logits, y[sel][is_val], 1) if num_classes > 1 else 1.0
-            key = (acc, -_cross_entropy(logits, y[sel][is_val]))
+            init = fit(y[sel], l2=l2, weights=(~is_val).astype(np.float32), init=init)
+            logits = x_val @ init[0] + init[1]
+            acc = topk_accuracy(logits, y_val, 1) if num_classes > 1 else 1.0
+            key = (acc, -_cross_entropy(logits, y_val))
             val_by_l2[float(l2)] = acc
             if best is None or key > best[0]:
-                best = (key, float(l2))
+                best = (key, float(l2), init)
         chosen, val_top1 = best[1], best[0][0]
         l2 = chosen * float(np.sum(~is_val)) / len(subset)  # the same penalty per summed loss
     else:
@@ -323,7 +322,7 @@ def linear_probe(
         l2 = chosen
 
     # The final fit on every labelled image starts from the validation fit at the chosen L2.
-    w, b = fitter(np.arange(len(subset)), fits=1)(y, l2=l2, init=init_at.get(chosen))
+    w, b = fitter(np.arange(len(subset)), fits=1)(y, l2=l2, init=None if best is None else best[2])
     logits = stats.standardize(test_x) @ w + b
     test_y = np.asarray(test_y)
     return {

@@ -53,7 +53,11 @@ from train_step import MODELS, build_step  # noqa: E402
 from ssl_jax import host_memory  # noqa: E402
 from ssl_jax.profiling import _COMPUTATION, _OP_NAME, COLLECTIVE_KINDS  # noqa: E402
 
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\S+(?:\{[^}]*\})?)\s+([\w\-]+)\(")
+# name = shape opcode(...); a tuple shape "(bf16[..]{..}, u8[..]{0})" holds spaces (cuDNN
+# convolutions return their scratch buffer beside the result).
+_INSTRUCTION = re.compile(
+    r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\(.*?\)|\S+(?:\{[^}]*\})?)\s+([\w\-]+)\("
+)
 _CALLS = re.compile(r"\bcalls=%?([\w.\-]+)")
 _TARGET = re.compile(r'custom_call_target="([^"]*)"')
 _FUSION_KIND = re.compile(r"\bkind=(k\w+)")
@@ -213,7 +217,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="traced steps")
     parser.add_argument("--top", type=int, default=25, help="ops listed one by one")
     parser.add_argument("--trace-dir", default="/tmp/ssl_jax_profile", help="where the trace goes")
+    parser.add_argument(
+        "--hlo-out",
+        default=None,
+        help="also write the compiled step's HLO text here (.gz: gzipped)",
+    )
+    parser.add_argument(
+        "--from-trace",
+        default=None,
+        metavar="DIR",
+        help="summarise a trace saved earlier (with --hlo FILE, that run's --hlo-out) instead of "
+        "running a step; --steps must be the traced run's",
+    )
+    parser.add_argument("--hlo", default=None, help="with --from-trace: the step's HLO text")
     args = parser.parse_args()
+    if args.from_trace:
+        if not args.hlo:
+            parser.error("--from-trace needs --hlo FILE (the --hlo-out of the traced run)")
+        with (gzip.open if args.hlo.endswith(".gz") else open)(args.hlo, "rt") as fh:
+            hlo = hlo_instructions(fh.read())
+        report(read_trace(args.from_trace), hlo, args.steps, float("nan"), args.top)
+        return
     host_memory.configure()
     batch = args.batch or MODELS[args.model][2][0]
     common.header(f"profile of the {args.method} train step (benchmarks/profile_step.py)")
@@ -221,7 +245,11 @@ def main() -> None:
     print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}")
     config, _, state, data, key, step = build_step(args.method, args.model, args.dtype, batch)
     compiled = step.lower(state, data, key).compile()
-    hlo = hlo_instructions(compiled.as_text())
+    hlo_text = compiled.as_text()
+    if args.hlo_out:  # to match the trace against by hand where the matching here falls short
+        with (gzip.open if args.hlo_out.endswith(".gz") else open)(args.hlo_out, "wt") as fh:
+            fh.write(hlo_text)
+    hlo = hlo_instructions(hlo_text)
     print(
         f"{args.model} {config.image_size} px, {args.dtype}, batch {batch}: "
         f"{len(hlo['instructions']):,} HLO instructions"
@@ -230,14 +258,18 @@ def main() -> None:
     times = common.interleave({"step": run}, windows=5, iters=1, warmup=2)["step"]["wall"]
     with jax.profiler.trace(args.trace_dir):
         run(args.steps)
-    by_cell, ops, unmatched = summarize(read_trace(args.trace_dir), hlo, args.steps)
+    report(read_trace(args.trace_dir), hlo, args.steps, 1e3 * common.median(times), args.top)
+    print(f"\ntrace: {args.trace_dir} (TensorBoard/XProf or https://ui.perfetto.dev)")
+
+
+def report(events: list[dict], hlo: dict, steps: int, step_ms: float, top: int) -> None:
+    by_cell, ops, unmatched = summarize(events, hlo, steps)
     if not ops:
         raise SystemExit(
-            f"no trace event matched an HLO instruction of the step (trace in {args.trace_dir}): "
-            "this backend's profiler names ops differently; open the trace in XProf instead."
+            "no trace event matched an HLO instruction of the step: this backend's profiler "
+            "names ops differently; open the trace in XProf instead."
         )
-    print_report(by_cell, ops, unmatched, hlo, 1e3 * common.median(times), args.top)
-    print(f"\ntrace: {args.trace_dir} (TensorBoard/XProf or https://ui.perfetto.dev)")
+    print_report(by_cell, ops, unmatched, hlo, step_ms, top)
 
 
 if __name__ == "__main__":

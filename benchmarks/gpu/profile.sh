@@ -5,7 +5,8 @@
 source benchmarks/gpu/setup.sh
 for method in simclr byol; do
   timeout 180 python3 benchmarks/profile_step.py --model resnet50 --dtype bfloat16 --batch 256 \
-    --method $method --steps 3 --top 40 --trace-dir /tmp/prof_$method 2>&1 \
+    --method $method --steps 3 --top 40 --trace-dir /tmp/prof_$method \
+    --hlo-out $OUT/hlo_r50_$method.txt.gz 2>&1 \
     | tee $OUT/profile_r50_$method.log
 done
 f=$(find /tmp/prof_simclr -name '*.trace.json.gz' | head -1)

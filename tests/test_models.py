@@ -371,6 +371,38 @@ def test_im2col_dilation_and_fallbacks():
     np.testing.assert_array_equal(g, g_ref)
 
 
+@pytest.mark.parametrize("c_in", [1, 3, 8])
+def test_auto_conv_pads_few_input_channels_on_gpu(monkeypatch, c_in):
+    """On GPU, 'auto' zero-pads fewer than 8 input channels (cuDNN has no tensor-core kernel for
+    a 3-channel stem); the result and both gradients are the unpadded convolution's. The GPU
+    branch is traced on the CPU by reporting the backend as 'gpu'."""
+    from ssl_jax.models import conv as conv_module
+
+    monkeypatch.setattr(conv_module.jax, "default_backend", lambda: "gpu")
+    x = images((2, 13, 12, c_in))
+    w = images((7, 7, c_in, 5), seed=1) / 7
+    cot = images((2, 7, 6, 5), seed=2)
+    kw = dict(
+        window_strides=(2, 2), padding=((3, 3), (3, 3)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    auto = functools.partial(conv_module.auto_conv_general_dilated, **kw)
+    ref = functools.partial(lax.conv_general_dilated, **kw)
+
+    def conv_in_channels():
+        eqns = jax.make_jaxpr(lambda a, b: auto(a, b))(x, w).eqns  # a new function: no cache
+        return [e.invars[0].aval.shape[-1] for e in eqns if e.primitive.name.startswith("conv")]
+
+    assert conv_in_channels() == [8]  # padded to 8 (or left at 8)
+    with conv_module.unpadded_channels():  # what benchmarks count as the model's FLOPs
+        assert conv_in_channels() == [c_in]
+    assert conv_in_channels() == [8]
+    (y, g), (y_ref, g_ref) = (jax.vjp(f, x, w) for f in (auto, ref))
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g(cot), g_ref(cot), strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_conv_impl_selection():
     assert get_conv_general_dilated("xla") is lax.conv_general_dilated
     assert get_conv_general_dilated("im2col") is im2col_conv_general_dilated

@@ -27,6 +27,7 @@ do not depend on the implementation: a checkpoint trained with one runs with the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
@@ -229,11 +230,61 @@ def _conv_im2col_bwd(cfg: _Im2colConfig, vjp_fn: Callable, g: jax.Array):
 _conv_im2col_vjp.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
 
 
-def auto_conv_general_dilated(*args: Any, **kwargs: Any) -> jax.Array:
-    """im2col on the CPU backend, the XLA convolution elsewhere; decided at trace time."""
-    if jax.default_backend() == "cpu":
-        return im2col_conv_general_dilated(*args, **kwargs)
-    return lax.conv_general_dilated(*args, **kwargs)
+# On GPU a convolution over fewer input channels than this (a stem over RGB or grayscale pixels)
+# gets no tensor-core kernel from cuDNN: the ResNet-50 stem's 7x7 conv over 3 channels ran with
+# DEFAULT_MATH at ~33 TFLOP/s (bf16, H100; benchmarks/RESULTS.md). Zero-padding the channels to 8
+# gives it one, at the same result.
+GPU_MIN_IN_CHANNELS = 8
+
+
+_pad_for_gpu = [True]
+
+
+@contextlib.contextmanager
+def unpadded_channels():
+    """Within it, 'auto' traces convolutions without the GPU channel padding: for counting a
+    model's own FLOPs (MFU counts the model's arithmetic, not the zeros added for cuDNN). Traces
+    made inside it only; jitted functions traced before keep their padding."""
+    _pad_for_gpu.append(False)
+    try:
+        yield
+    finally:
+        _pad_for_gpu.pop()
+
+
+def pad_in_channels(lhs: jax.Array, rhs: jax.Array, multiple: int) -> tuple[jax.Array, jax.Array]:
+    """Zero-pad the input-feature axis of NHWC ``lhs`` and HWIO ``rhs`` to a multiple of
+    ``multiple``. The convolution of the padded pair equals the original's (the added input
+    channels are zero), and so do its gradients with respect to the original operands (the pad's
+    transpose is a slice)."""
+    pad = -lhs.shape[-1] % multiple
+    if pad == 0:
+        return lhs, rhs
+    lhs = jnp.pad(lhs, [(0, 0)] * (lhs.ndim - 1) + [(0, pad)])
+    rhs = jnp.pad(rhs, [(0, 0)] * (rhs.ndim - 2) + [(0, pad), (0, 0)])
+    return lhs, rhs
+
+
+def auto_conv_general_dilated(
+    lhs: jax.Array, rhs: jax.Array, *args: Any, **kwargs: Any
+) -> jax.Array:
+    """im2col on the CPU backend, the XLA convolution elsewhere; decided at trace time. On GPU a
+    channels-last convolution over fewer than ``GPU_MIN_IN_CHANNELS`` input channels is computed
+    with its channels zero-padded to that (see :func:`pad_in_channels`)."""
+    backend = jax.default_backend()
+    if backend == "cpu":
+        return im2col_conv_general_dilated(lhs, rhs, *args, **kwargs)
+    if (
+        backend == "gpu"
+        and _pad_for_gpu[-1]
+        and lhs.shape[-1] < GPU_MIN_IN_CHANNELS
+        and kwargs.get("feature_group_count", 1) == 1
+        and kwargs.get("batch_group_count", 1) == 1
+        and lax.conv_dimension_numbers(lhs.shape, rhs.shape, kwargs.get("dimension_numbers"))
+        == _channels_last_dimension_numbers(lhs.ndim - 2)
+    ):
+        lhs, rhs = pad_in_channels(lhs, rhs, GPU_MIN_IN_CHANNELS)
+    return lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
 
 
 def get_conv_general_dilated(conv_impl: str) -> Callable[..., jax.Array]:

@@ -13,7 +13,10 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as torchvision / PIL "L"
-_HI = jax.lax.Precision.HIGHEST  # keep float32 on GPU (no TF32): identity ops stay exact
+# The resize and blur matmuls: exact float32 on CPU; TF32 on GPU (a relative error of at most
+# 2^-11, ~0.1 of a grey level, where HIGHEST's float32 emulation made them ~4 ms of a ResNet-50
+# step's 9 ms of augmentation on an H100); bfloat16 x3 (~float32) on TPU.
+_HI = jax.lax.Precision.HIGH
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -148,8 +151,8 @@ def resized_crop(
     image: ArrayLike, box: ArrayLike, size: int, *, antialias: bool = True
 ) -> jax.Array:
     """Crop ``box = (y0, x0, h, w)`` from ``image [H, W, C]`` and resize it to ``[size, size, C]``
-    bilinearly (antialiased when downscaling). A full-image box with ``size == H == W`` is exact
-    identity."""
+    bilinearly (antialiased when downscaling). A full-image box with ``size == H == W`` is the
+    identity (exact on CPU; within TF32 rounding on GPU)."""
     image = jnp.asarray(image, jnp.float32)
     height, width, _ = image.shape
     y0, x0, h, w = jnp.asarray(box, jnp.float32)

@@ -74,11 +74,18 @@ def preconditioner(x: np.ndarray, max_rows: int = PRECONDITIONER_ROWS):
     x = np.asarray(x, np.float32)
     if len(x) > max_rows:
         x = x[np.linspace(0, len(x) - 1, max_rows).astype(np.int64)]
-    # float32 eigh: ~2x faster than float64 at 4,096 features, and a preconditioner only needs
-    # to be roughly right (the minimiser does not depend on it).
-    moment = (x.T @ x) / np.float32(max(len(x), 1))
-    d, u = np.linalg.eigh(moment)
-    return u.astype(np.float32), np.maximum(d, 0.0).astype(np.float32)
+    d, u = _moment_eigh(jnp.asarray(x))
+    return np.asarray(u), np.maximum(np.asarray(d), 0.0)
+
+
+@jax.jit
+def _moment_eigh(x):
+    # On the default device: at 4,096 features JAX's eigh took 4.4 s on the 2-core CPU against
+    # NumPy's 9.7 s, and a GPU's solver takes a fraction of either. float32 (~2x faster than
+    # float64), since a preconditioner only needs to be roughly right: the minimiser does not
+    # depend on it.
+    moment = jnp.matmul(x.T, x, precision=_HIGHEST) / max(x.shape[0], 1)
+    return jnp.linalg.eigh(moment)
 
 
 _HIGHEST = jax.lax.Precision.HIGHEST

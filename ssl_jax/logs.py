@@ -159,15 +159,17 @@ def format_duration(seconds: float) -> str:
 
 
 def progress_line(
-    step: int, total: int, epoch: float, loss: float, images_per_s: float, eta_s: float
+    step: int, total: int, epoch: float, loss: float, images_per_s: float, eta_s: float | None
 ) -> str:
-    """The console progress line: bar, step, epoch, loss, images/s and ETA."""
+    """The console progress line: bar, step, epoch, loss, images/s and ETA (``--:--`` while no
+    speed is known yet: ``eta_s`` None or not finite)."""
     width = 20
     done = int(width * step / max(total, 1))
     bar = "#" * done + "." * (width - done)
     return (
         f"[{bar}] step {step}/{total}  epoch {epoch:.2f}  loss {loss:.4f}  "
-        f"{images_per_s:,.0f} img/s  ETA {format_duration(eta_s)}"
+        f"{images_per_s:,.0f} img/s  ETA "
+        + (format_duration(eta_s) if eta_s is not None and math.isfinite(eta_s) else "--:--")
     )
 
 

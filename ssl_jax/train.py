@@ -217,7 +217,9 @@ def train(config, workdir: str) -> TrainResult:
                 host.update(epoch=step / steps_per_epoch, images_per_s=ips)
                 if is_main:
                     writer.write(step, host)
-                    eta = (config.total_steps - step) * config.batch_size / max(ips, 1e-9)
+                    # No steps timed since the last line (the first step, its compile excluded):
+                    # no speed, so no ETA.
+                    eta = (config.total_steps - step) * config.batch_size / ips if ips > 0 else None
                     logs.console(
                         logs.progress_line(
                             step, config.total_steps, host["epoch"], host["loss"], ips, eta

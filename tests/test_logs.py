@@ -101,3 +101,6 @@ def test_progress_line_has_the_fields():
     line = logs.progress_line(50, 100, 1.25, 3.14159, 1234.5, 65)
     for part in ("step 50/100", "epoch 1.25", "loss 3.1416", "1,234 img/s", "ETA 01:05"):
         assert part in line
+    # Before any step is timed there is no speed: no ETA rather than a huge one.
+    for eta in (None, float("inf")):
+        assert logs.progress_line(1, 100, 0.01, 3.0, 0.0, eta).endswith("ETA --:--")

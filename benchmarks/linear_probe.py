@@ -15,6 +15,12 @@ validation and test top-1 of:
 
 A lower objective at the same L2 is a fit nearer its minimum; a probe whose validation accuracy
 depends on the iteration budget chooses its L2 by the optimiser, not by the data.
+
+    python benchmarks/linear_probe.py --workdir runs/simclr_fmnist --selection-seeds 5
+
+instead compares how the L2 is chosen, over the labelled subsets of seeds 0..N-1: ``linear_probe``
+with one 20% validation split (its default) against 5-fold cross-validation (``cv_folds=5``),
+printing per seed the L2 each chose and its test top-1, then the mean and spread of each.
 """
 
 from __future__ import annotations
@@ -49,6 +55,12 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.01, help="labelled fraction")
     parser.add_argument("--iters", default="50,1000", help="iteration budgets of the cold fits")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--selection-seeds",
+        type=int,
+        default=0,
+        help="compare one validation split with 5-fold cross-validation over this many seeds",
+    )
     args = parser.parse_args()
     common.header("linear probe: fits from zero against the warm-started L2 path")
     encoder = load_encoder(args.workdir)
@@ -62,6 +74,9 @@ def main() -> None:
     print(f"features {train_x.shape} / {test_x.shape} in {time.perf_counter() - t:.0f} s")
     num_classes = int(train_y.max()) + 1
     stats = linear.FeatureStats.of(train_x)
+    if args.selection_seeds:
+        compare_selection(train_x, train_y, test_x, test_y, stats, args, num_classes)
+        return
     subset = class_balanced_subset(train_y, args.fraction, seed=args.seed, num_classes=num_classes)
     _, val_idx = validation_split(
         train_y, subset, fraction=0.2, seed=args.seed, num_classes=num_classes
@@ -103,6 +118,29 @@ def main() -> None:
         )
         init = (w, b)
         report(l2, f"path, {budgets[0]}", w, b, time.perf_counter() - t)
+
+
+def compare_selection(train_x, train_y, test_x, test_y, stats, args, num_classes) -> None:
+    print(f"L2 choice at {args.fraction:g} of the labels: one 20% split vs 5-fold CV")
+    print("seed  split: l2   val    test | 5-fold: l2   val    test")
+    tops = {1: [], 5: []}
+    for seed in range(args.selection_seeds):
+        subset = class_balanced_subset(train_y, args.fraction, seed=seed, num_classes=num_classes)
+        line = f"{seed:<5d}"
+        for folds in (1, 5):
+            p = linear.linear_probe(
+                train_x, train_y, test_x, test_y, subset, num_classes=num_classes, seed=seed,
+                stats=stats, cv_folds=folds,
+            )  # fmt: skip
+            tops[folds].append(p["top1"])
+            line += f" {p['l2_selected']:9g} {p['val_top1']:.3f} {p['top1']:.4f} |"
+        print(line.rstrip(" |"))
+    for folds, name in ((1, "one split"), (5, "5-fold CV")):
+        t = 100 * np.asarray(tops[folds])
+        print(
+            f"{name:10s} test top-1 mean {t.mean():.2f}, std {t.std():.2f}, "
+            f"range {t.min():.1f}-{t.max():.1f}"
+        )
 
 
 if __name__ == "__main__":

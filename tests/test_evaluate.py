@@ -21,6 +21,7 @@ from ssl_jax.evaluation import (
     random_init_encoder,
     suite,
     topk_accuracy,
+    validation_folds,
     validation_split,
 )
 from ssl_jax.methods import get_method
@@ -106,6 +107,27 @@ def test_class_balanced_subset_counts_nesting_and_determinism():
     assert not np.array_equal(class_balanced_subset(labels, 0.1, seed=4), subsets[0.1])
 
 
+def test_validation_folds_partition_each_class_of_the_labelled_subset():
+    labels = np.repeat(np.arange(3), [7, 2, 1])  # class 2 has a single labelled image
+    subset = np.arange(10) + 100
+    labels = np.concatenate([np.zeros(100, int), labels])
+    folds = validation_folds(labels, subset, folds=5, seed=0)
+    assert len(folds) == 5
+    held = np.concatenate(folds)
+    # Every image of a class with >= 2 labels held out exactly once; the single one never.
+    np.testing.assert_array_equal(np.sort(held), np.arange(100, 109))
+    for fold in folds:
+        assert set(fold) <= set(subset)
+        for c in range(3):  # each fold leaves every class at least one image to fit on
+            assert np.sum(labels[np.setdiff1d(subset, fold)] == c) >= 1
+    counts = [np.sum(labels[f] == 0) for f in folds]  # class 0: 7 over 5 folds -> 1 or 2 each
+    assert sorted(counts) == [1, 1, 1, 2, 2]
+    again = validation_folds(labels, subset, folds=5, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(folds, again, strict=True))
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        validation_folds(labels, subset, folds=1, seed=0)
+
+
 def test_validation_split_comes_only_from_the_labelled_subset():
     labels = np.repeat(np.arange(3), 100)
     subset = class_balanced_subset(labels, 0.1, seed=0)  # 10 per class
@@ -140,6 +162,7 @@ def test_linear_probe_separable_random_and_constant_features():
     assert separable["top1"] > 0.99
     assert separable["top5"] is None  # 4 classes: top-5 is trivially 1
     assert separable["n_labels"] == 400 and separable["n_val"] == 80
+    assert separable["cv_folds"] == 1  # one 20% split by default
 
     noise = linear_probe(
         rng.normal(size=x.shape), y, rng.normal(size=xt.shape), yt, all_idx, **PROBE

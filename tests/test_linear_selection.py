@@ -17,7 +17,7 @@ def test_l2_choice_uses_a_sample_of_many_labels_and_the_fit_uses_all():
     x, y = _blobs(rng, 1000)
     xt, yt = _blobs(rng, 2000)
     subset = np.arange(1000)
-    kw = dict(num_classes=4, seed=0, l2_grid=(1e-3, 1e-1, 10.0))
+    kw = dict(num_classes=4, seed=0, l2_grid=(1e-3, 1e-1, 10.0), cv_folds=1)  # one 20% split
     sampled = linear_probe(x, y, xt, yt, subset, max_selection_rows=200, **kw)
     full = linear_probe(x, y, xt, yt, subset, **kw)
     assert sampled["n_selection"] == 200 and sampled["n_val"] == 40
@@ -170,7 +170,8 @@ def test_linear_probe_walks_the_l2_grid_from_strong_to_weak_with_warm_starts(mon
     x, y = _blobs(rng, 200)
     xt, yt = _blobs(rng, 100)
     grid = (1e-3, 1.0, 1e-1)
-    probe = linear_probe(x, y, xt, yt, np.arange(200), num_classes=4, seed=0, l2_grid=grid)
+    kw = dict(num_classes=4, seed=0, l2_grid=grid, cv_folds=1)  # one split (folds: below)
+    probe = linear_probe(x, y, xt, yt, np.arange(200), **kw)
     assert [c[0] for c in calls] == [1.0, 1e-1, 1e-3, probe["l2"]]
     assert probe["l2"] == pytest.approx(probe["l2_selected"] * 160 / 200)  # 40 held out
     assert [c[3] for c in calls] == [160, 160, 160, 200]  # the refit uses every labelled row
@@ -181,3 +182,47 @@ def test_linear_probe_walks_the_l2_grid_from_strong_to_weak_with_warm_starts(mon
     chosen = next(c for c in calls[:3] if c[0] == probe["l2_selected"])
     # The final fit starts from the validation fit at the chosen L2.
     assert all(a is b for a, b in zip(calls[3][1], chosen[2], strict=True))
+
+
+def test_l2_choice_by_cross_validation(monkeypatch):
+    """With cv_folds=5 (up to cv_max_rows labels) the choice is cross-validation: five warm-started
+    paths whose held-out rows partition the subset, scored by the pooled held-out accuracy; the
+    refit starts from the first fold's fit at the chosen L2 with the penalty per summed loss."""
+    from ssl_jax.evaluation import linear
+
+    calls = []
+
+    def recording_fit(*args, **kwargs):
+        out = fit_logistic_regression(*args, **kwargs)
+        calls.append((kwargs["l2"], kwargs.get("weights"), kwargs.get("init"), out))
+        return out
+
+    monkeypatch.setattr(linear, "fit_logistic_regression", recording_fit)
+    rng = np.random.default_rng(3)
+    x, y = _blobs(rng, 200, separation=0.7)  # overlapping classes: the L2 choice matters
+    xt, yt = _blobs(rng, 500, separation=0.7)
+    grid = (1e-3, 1e-1, 10.0)
+    kw = dict(num_classes=4, seed=0, l2_grid=grid, cv_folds=5)
+    probe = linear_probe(x, y, xt, yt, np.arange(200), **kw)
+    assert probe["cv_folds"] == 5 and probe["n_val"] == 200
+    assert [c[0] for c in calls[:-1]] == [10.0, 1e-1, 1e-3] * 5
+    held_out = np.stack([c[1] == 0 for c in calls[:-1:3]])  # one mask per fold
+    np.testing.assert_array_equal(held_out.sum(axis=0), np.ones(200))  # each row held out once
+    assert all(38 <= n <= 42 for n in held_out.sum(axis=1))
+    for fold in held_out:  # every fold leaves every class something to fit
+        assert set(y[~fold]) == set(range(4))
+    # The pooled held-out accuracy per L2, recomputed from the recorded fits.
+    xs = FeatureStats.of(x).standardize(x)
+    pooled = {}
+    for l2, weights, _, (w, b) in calls[:-1]:
+        val = weights == 0
+        pooled[l2] = pooled.get(l2, 0) + np.sum(np.argmax(xs[val] @ w + b, axis=1) == y[val])
+    assert probe["val_by_l2"] == pytest.approx({k: v / 200 for k, v in pooled.items()})
+    assert probe["val_top1"] == max(probe["val_by_l2"].values())
+    assert probe["l2"] == pytest.approx(probe["l2_selected"] * 160 / 200)
+    first = next(c for c in calls[:3] if c[0] == probe["l2_selected"])
+    assert all(a is b for a, b in zip(calls[-1][2], first[3], strict=True))
+    # Above cv_max_rows: one split again.
+    calls.clear()
+    single = linear_probe(x, y, xt, yt, np.arange(200), cv_max_rows=199, **kw)
+    assert single["cv_folds"] == 1 and single["n_val"] == 40 and len(calls) == 4

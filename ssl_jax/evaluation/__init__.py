@@ -44,7 +44,7 @@ from ssl_jax.evaluation.linear import (
 )
 from ssl_jax.evaluation.maps import pca, tsne
 from ssl_jax.evaluation.metrics import label_rank, topk_accuracy
-from ssl_jax.evaluation.splits import class_balanced_subset, validation_split
+from ssl_jax.evaluation.splits import class_balanced_subset, validation_folds, validation_split
 from ssl_jax.evaluation.suite import (
     PROTOCOL_CHOICES,
     PROTOCOLS,
@@ -84,5 +84,6 @@ __all__ = [
     "random_init_encoder",
     "raw_pixels",
     "topk_accuracy",
+    "validation_folds",
     "validation_split",
 ]

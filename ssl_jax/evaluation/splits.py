@@ -57,6 +57,39 @@ def class_balanced_subset(
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
+def validation_folds(
+    labels: np.ndarray,
+    subset: np.ndarray,
+    *,
+    folds: int,
+    seed: int,
+    num_classes: int | None = None,
+) -> list[np.ndarray]:
+    """Class-stratified folds of a labelled subset for cross-validation: ``folds`` disjoint
+    sorted index arrays (indices into ``labels``, all from ``subset``) that hold out every image
+    of each class with m >= 2 labelled images exactly once, each fold about m / folds of them
+    (each class's share starting at a random fold, so small classes spread over the folds). A
+    class with one labelled image is never held out, so every fold leaves at least one image of
+    each class to fit on."""
+    if folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
+    labels = np.asarray(labels)
+    subset = np.asarray(subset, np.int64)
+    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    rng = np.random.default_rng([seed, 2])
+    held: list[list[np.ndarray]] = [[] for _ in range(folds)]
+    for idx in _class_indices(labels[subset], num_classes):
+        if len(idx) < 2:
+            continue
+        order = subset[rng.permutation(idx)]
+        start = int(rng.integers(folds))
+        for i, j in enumerate(order):
+            held[(start + i) % folds].append(np.array([j]))
+    return [
+        np.sort(np.concatenate(h)).astype(np.int64) if h else np.zeros(0, np.int64) for h in held
+    ]
+
+
 def validation_split(
     labels: np.ndarray,
     subset: np.ndarray,

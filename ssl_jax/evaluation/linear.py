@@ -113,20 +113,40 @@ def _rotation_pays(rows: int, fits: int) -> bool:
     return rows <= fits * _ROWS_PER_FIT
 
 
+@jax.custom_vjp
+def _project(x, xt, w):
+    """``x @ w`` for x [N, F] and w [F, C], whose gradient for ``w`` is computed as ``xt @ g``
+    with ``xt`` = x^T laid out [F, N]. Autodiff would compute it as a dot contracting x's first
+    axis, which XLA:CPU ran ~60x slower: 5.0 s against 0.09 s for 60,000 x 4,096 features and 10
+    classes on the 2-core CPU (NumPy: 0.11 s). No gradient flows to x or xt."""
+    return x @ w
+
+
+def _project_fwd(x, xt, w):
+    return x @ w, xt
+
+
+def _project_bwd(xt, g):
+    return None, None, xt @ g
+
+
+_project.defvjp(_project_fwd, _project_bwd)
+
+
 @functools.partial(jax.jit, static_argnames=("num_classes", "is_rotated"))
 def _lbfgs_fit(x, y, weights, l2, basis, eigvals, max_iter, w0, b0, *, num_classes, is_rotated):
     # With W = U diag(p) V the logits are x @ U diag(p) V. If the caller rotated x once
     # (x = x_orig @ U, is_rotated) they are (x * p) @ V: N*F*C per evaluation. Otherwise U is
     # applied to the weights, (x @ (U (p V))): F*F*C more per evaluation but no N*F*F rotation.
     precond = jax.lax.rsqrt(jnp.maximum(eigvals / num_classes + l2, 1e-8))  # [F]
-    xp = x * precond[None, :] if is_rotated else x
+    # x^T materialised once per fit (XLA would fold a plain transpose back into the dot).
+    xt = jax.lax.optimization_barrier(x.T)
 
     def loss(params):
-        if is_rotated:
-            v = params["v"]
-        else:  # full float32, as _rotate: the two paths must agree on every backend
-            v = jnp.matmul(basis, precond[:, None] * params["v"], precision=_HIGHEST)
-        logits = xp @ v + params["b"]
+        w = precond[:, None] * params["v"]
+        if not is_rotated:  # full float32, as _rotate: the two paths must agree on every backend
+            w = jnp.matmul(basis, w, precision=_HIGHEST)
+        logits = _project(x, xt, w) + params["b"]
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         data = jnp.sum(weights * ce) / jnp.sum(weights)
         return data + 0.5 * l2 * jnp.sum((precond[:, None] * params["v"]) ** 2)

@@ -304,9 +304,6 @@ def linear_probe(
     stats = FeatureStats.of(train_x) if stats is None else stats
     x = stats.standardize(train_x[subset])
     y = np.asarray(train_y)[subset].astype(np.int32)
-    fit_idx, val_idx = validation_split(
-        train_y, subset, fraction=val_fraction, seed=seed, num_classes=num_classes
-    )
     basis = jnp.asarray(stats.basis)
 
     def fitter(rows, fits):
@@ -328,9 +325,6 @@ def linear_probe(
     if len(subset) > max_selection_rows:
         rng = np.random.default_rng(seed)
         sel = np.sort(rng.choice(len(subset), max_selection_rows, replace=False))
-        fit_idx, val_idx = validation_split(
-            train_y, subset[sel], fraction=val_fraction, seed=seed, num_classes=num_classes
-        )
 
     # The grid is walked from the strongest L2 to the weakest, each fit starting from the one
     # before (a regularisation path, as glmnet does). Cold starts at weak L2 are far from
@@ -344,6 +338,9 @@ def linear_probe(
             train_y, subset[sel], folds=cv_folds, seed=seed, num_classes=num_classes
         )
     else:
+        _, val_idx = validation_split(
+            train_y, subset[sel], fraction=val_fraction, seed=seed, num_classes=num_classes
+        )
         held = [val_idx]
     masks = [np.isin(subset[sel], h) for h in held if len(h)]
     best = None

@@ -77,17 +77,12 @@ def validation_folds(
     subset = np.asarray(subset, np.int64)
     num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
     rng = np.random.default_rng([seed, 2])
-    held: list[list[np.ndarray]] = [[] for _ in range(folds)]
+    fold_of = np.full(len(subset), -1)  # -1: never held out
     for idx in _class_indices(labels[subset], num_classes):
-        if len(idx) < 2:
-            continue
-        order = subset[rng.permutation(idx)]
-        start = int(rng.integers(folds))
-        for i, j in enumerate(order):
-            held[(start + i) % folds].append(np.array([j]))
-    return [
-        np.sort(np.concatenate(h)).astype(np.int64) if h else np.zeros(0, np.int64) for h in held
-    ]
+        if len(idx) >= 2:
+            order = rng.permutation(idx)
+            fold_of[order] = (int(rng.integers(folds)) + np.arange(len(idx))) % folds
+    return [np.sort(subset[fold_of == k]) for k in range(folds)]
 
 
 def validation_split(

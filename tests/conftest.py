@@ -3,9 +3,23 @@
 Eight fake CPU devices are made before JAX is imported anywhere, so data-parallel code (a mesh over
 8 devices, shard_map, pmap) is tested in the same process as single-device code; computations that
 do not ask for a mesh still run on device 0 only.
+
+Compiled programs go to a persistent compilation cache made for this test session (and removed at
+its end), which the ``ssl-jax`` processes that tests start inherit through the environment: a
+killed run's restart, or the second of two processes, loads the train step the first compiled
+instead of compiling it again (one tiny pretraining process took 16.6 s without it, 3.5 s with it
+on the 2-core CPU). The cache only skips compilations; what the programs compute is unchanged.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
+
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache_dir = tempfile.mkdtemp(prefix="ssl_jax_tests_jit_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"

@@ -19,8 +19,10 @@ depends on the iteration budget chooses its L2 by the optimiser, not by the data
     python benchmarks/linear_probe.py --workdir runs/simclr_fmnist --selection-seeds 5
 
 instead compares how the L2 is chosen, over the labelled subsets of seeds 0..N-1: ``linear_probe``
-with one 20% validation split (its default) against 5-fold cross-validation (``cv_folds=5``),
-printing per seed the L2 each chose and its test top-1, then the mean and spread of each.
+with one 20% validation split by the lowest validation cross-entropy (its default), the same split
+by the best validation top-1 (``select_by='top1'``), and 5-fold cross-validation by cross-entropy
+(``cv_folds=5``), printing per seed the L2 each chose and its test top-1, then the mean and
+spread (population std) of each.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def main() -> None:
         "--selection-seeds",
         type=int,
         default=0,
-        help="compare one validation split with 5-fold cross-validation over this many seeds",
+        help="compare the L2 choices (split by cross-entropy or top-1, 5-fold CV) over N seeds",
     )
     args = parser.parse_args()
     common.header("linear probe: fits from zero against the warm-started L2 path")
@@ -120,25 +122,32 @@ def main() -> None:
         report(l2, f"path, {budgets[0]}", w, b, time.perf_counter() - t)
 
 
+SELECTIONS = (  # (name, linear_probe arguments)
+    ("split, CE", dict(cv_folds=1, select_by="cross_entropy")),  # the default
+    ("split, top-1", dict(cv_folds=1, select_by="top1")),
+    ("5-fold, CE", dict(cv_folds=5, select_by="cross_entropy")),
+)
+
+
 def compare_selection(train_x, train_y, test_x, test_y, stats, args, num_classes) -> None:
-    print(f"L2 choice at {args.fraction:g} of the labels: one 20% split vs 5-fold CV")
-    print("seed  split: l2   val    test | 5-fold: l2   val    test")
-    tops = {1: [], 5: []}
+    print(f"L2 choice at {args.fraction:g} of the labels: chosen l2, validation top-1, test top-1")
+    print("seed " + " | ".join(f"{name:>12s}:  l2   val   test" for name, _ in SELECTIONS))
+    tops = {name: [] for name, _ in SELECTIONS}
     for seed in range(args.selection_seeds):
         subset = class_balanced_subset(train_y, args.fraction, seed=seed, num_classes=num_classes)
-        line = f"{seed:<5d}"
-        for folds in (1, 5):
+        cells = []
+        for name, kwargs in SELECTIONS:
             p = linear.linear_probe(
                 train_x, train_y, test_x, test_y, subset, num_classes=num_classes, seed=seed,
-                stats=stats, cv_folds=folds,
+                stats=stats, **kwargs,
             )  # fmt: skip
-            tops[folds].append(p["top1"])
-            line += f" {p['l2_selected']:9g} {p['val_top1']:.3f} {p['top1']:.4f} |"
-        print(line.rstrip(" |"))
-    for folds, name in ((1, "one split"), (5, "5-fold CV")):
-        t = 100 * np.asarray(tops[folds])
+            tops[name].append(p["top1"])
+            cells.append(f"{p['l2_selected']:17g} {p['val_top1']:.3f} {p['top1']:.4f}")
+        print(f"{seed:<4d} " + " | ".join(cells), flush=True)
+    for name, _ in SELECTIONS:
+        t = 100 * np.asarray(tops[name])
         print(
-            f"{name:10s} test top-1 mean {t.mean():.2f}, std {t.std():.2f}, "
+            f"{name:13s} test top-1 mean {t.mean():.2f}, std {t.std():.2f}, "
             f"range {t.min():.1f}-{t.max():.1f}"
         )
 

@@ -350,6 +350,19 @@ def test_eval_json_keeps_the_earlier_rows_of_the_same_checkpoint_seed_and_split(
     evaluate(result.workdir, representations=("raw_pixels",), protocols=("linear",), **kw_t)
     assert saved() == [("raw_pixels", "linear", 0), ("ssl", "knn_k20", 0)]  # knn at T=0.1 gone
     assert "dropped 1 rows" in capsys.readouterr().out
+    # ...so is a linear row whose L2 was chosen by validation top-1 (written before select_by)...
+    rows_now = json.load(open(eval_json))
+    for r in rows_now:
+        if r["protocol"] == "linear":
+            assert r["select_by"] == "cross_entropy" and r["val_ce"] > 0
+            del r["select_by"]
+    with open(eval_json, "w") as fh:
+        json.dump(rows_now, fh)
+    evaluate(result.workdir, representations=("ssl",), protocols=("knn",), **kw_t)
+    assert saved() == [("ssl", "knn", 0), ("ssl", "knn_k20", 0)]
+    assert "dropped 1 rows" in capsys.readouterr().out
+    evaluate(result.workdir, representations=("raw_pixels",), protocols=("linear",), **kw_t)
+    assert saved() == [("raw_pixels", "linear", 0), ("ssl", "knn", 0), ("ssl", "knn_k20", 0)]
     # ...as are rows of another seed (another experiment), malformed ones and old-format ones.
     rows_now = json.load(open(eval_json))
     old = dict(next(r for r in rows_now if r["protocol"] == "linear"))
@@ -358,7 +371,7 @@ def test_eval_json_keeps_the_earlier_rows_of_the_same_checkpoint_seed_and_split(
         json.dump([*rows_now, old, {"representation": "ssl"}, [1, 2]], fh)
     evaluate(result.workdir, representations=("ssl",), protocols=("knn",), seed=1, **kw)
     assert saved() == [("ssl", "knn", 1), ("ssl", "knn_k20", 1)]
-    assert "dropped 5 rows" in capsys.readouterr().out
+    assert "dropped 6 rows" in capsys.readouterr().out
     # An unreadable eval.json is set aside and rewritten, not fatal.
     with open(eval_json, "w") as fh:
         fh.write("{not json")

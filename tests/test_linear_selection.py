@@ -186,8 +186,9 @@ def test_linear_probe_walks_the_l2_grid_from_strong_to_weak_with_warm_starts(mon
 
 def test_l2_choice_by_cross_validation(monkeypatch):
     """With cv_folds=5 (up to cv_max_rows labels) the choice is cross-validation: five warm-started
-    paths whose held-out rows partition the subset, scored by the pooled held-out accuracy; the
-    refit starts from the first fold's fit at the chosen L2 with the penalty per summed loss."""
+    paths whose held-out rows partition the subset, scored by the pooled held-out cross-entropy
+    (or top-1 with select_by='top1'); the refit starts from the first fold's fit at the chosen L2
+    with the penalty per summed loss."""
     from ssl_jax.evaluation import linear
 
     calls = []
@@ -198,8 +199,9 @@ def test_l2_choice_by_cross_validation(monkeypatch):
         return out
 
     monkeypatch.setattr(linear, "fit_logistic_regression", recording_fit)
-    rng = np.random.default_rng(3)
-    x, y = _blobs(rng, 200, separation=0.7)  # overlapping classes: the L2 choice matters
+    rng = np.random.default_rng(6)
+    # Overlapping classes: the L2 choice matters, and here the two criteria choose differently.
+    x, y = _blobs(rng, 200, separation=0.7)
     xt, yt = _blobs(rng, 500, separation=0.7)
     grid = (1e-3, 1e-1, 10.0)
     kw = dict(num_classes=4, seed=0, l2_grid=grid, cv_folds=5)
@@ -211,17 +213,35 @@ def test_l2_choice_by_cross_validation(monkeypatch):
     assert all(38 <= n <= 42 for n in held_out.sum(axis=1))
     for fold in held_out:  # every fold leaves every class something to fit
         assert set(y[~fold]) == set(range(4))
-    # The pooled held-out accuracy per L2, recomputed from the recorded fits.
-    xs = FeatureStats.of(x).standardize(x)
-    pooled = {}
+    # The pooled held-out accuracy and cross-entropy per L2, recomputed in float64 from the fits.
+    xs = FeatureStats.of(x).standardize(x).astype(np.float64)
+    pooled, pooled_ce = {}, {}
     for l2, weights, _, (w, b) in calls[:-1]:
         val = weights == 0
-        pooled[l2] = pooled.get(l2, 0) + np.sum(np.argmax(xs[val] @ w + b, axis=1) == y[val])
+        z = xs[val] @ np.float64(w) + np.float64(b)
+        log_p = z - z.max(axis=1, keepdims=True)
+        log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+        pooled[l2] = pooled.get(l2, 0) + np.sum(np.argmax(z, axis=1) == y[val])
+        pooled_ce[l2] = pooled_ce.get(l2, 0) - np.sum(log_p[np.arange(val.sum()), y[val]])
     assert probe["val_by_l2"] == pytest.approx({k: v / 200 for k, v in pooled.items()})
-    assert probe["val_top1"] == max(probe["val_by_l2"].values())
+    assert probe["val_ce_by_l2"] == pytest.approx({k: v / 200 for k, v in pooled_ce.items()})
+    assert probe["select_by"] == "cross_entropy"
+    assert probe["l2_selected"] == min(pooled_ce, key=pooled_ce.get)
+    assert probe["val_ce"] == min(probe["val_ce_by_l2"].values())
     assert probe["l2"] == pytest.approx(probe["l2_selected"] * 160 / 200)
     first = next(c for c in calls[:3] if c[0] == probe["l2_selected"])
     assert all(a is b for a, b in zip(calls[-1][2], first[3], strict=True))
+    # select_by='top1': the best pooled held-out top-1 (the same fits).
+    calls.clear()
+    by_top1 = linear_probe(x, y, xt, yt, np.arange(200), select_by="top1", **kw)
+    assert by_top1["val_by_l2"] == probe["val_by_l2"]
+    assert by_top1["val_top1"] == max(by_top1["val_by_l2"].values())
+    # Ties on top-1 go to the lower cross-entropy, exact ties to the stronger L2.
+    strongest_first = sorted(pooled, reverse=True)
+    expected = max(strongest_first, key=lambda l2: (pooled[l2], -pooled_ce[l2]))
+    assert by_top1["l2_selected"] == expected != probe["l2_selected"]
+    with pytest.raises(ValueError, match="select_by"):
+        linear_probe(x, y, xt, yt, np.arange(200), select_by="accuracy", **kw)
     # Above cv_max_rows: one split again.
     calls.clear()
     single = linear_probe(x, y, xt, yt, np.arange(200), cv_max_rows=199, **kw)

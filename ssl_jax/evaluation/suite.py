@@ -60,6 +60,8 @@ _PROTOCOLS_OF = {
     "raw_pixels": ("linear",),
     "supervised": ("finetune",),
 }
+# How the linear probe chooses its L2 (linear_probe's select_by).
+_PROBE_SELECT_BY = "cross_entropy"
 # Table order: the run's encoder, the supervised baseline, then the frozen baselines.
 _REPRESENTATION_RANK = {
     name: i for i, name in enumerate(("ssl", "supervised", "random_init", "raw_pixels"))
@@ -68,6 +70,10 @@ _REPRESENTATION_RANK = {
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def _fraction_name(f: float) -> str:
@@ -160,8 +166,8 @@ def evaluate(
       This call's rows, one dict per (representation, protocol, label fraction):
       representation, protocol, label_fraction, n_labels, top1, top5 (None when there are <= 5
       classes), seed, step, test_split, and k and temperature (kNN), l2 (the final fit's),
-      l2_selected (the grid value chosen), val_top1 and n_val (linear), or steps, batch_size,
-      lr, encoder_lr and train_loss (finetune). Accuracies are in [0, 1].
+      l2_selected (the grid value chosen), select_by, val_top1, val_ce and n_val (linear), or
+      steps, batch_size, lr, encoder_lr and train_loss (finetune). Accuracies are in [0, 1].
     """
     t_start = time.perf_counter()
     unknown = sorted(set(representations) - set(REPRESENTATIONS))
@@ -290,12 +296,14 @@ def evaluate(
                 l2_grid=tuple(l2_grid),
                 max_iter=max_iter,
                 stats=stats,
+                select_by=_PROBE_SELECT_BY,
             )
             rows.append(dict(common(name, f), protocol="linear", **_pick(probe, _LINEAR_FIELDS)))
             logs.console(
                 f"  {name} linear, {_fraction_name(f)} labels: top-1 {_pct(probe['top1'])}% "
-                f"(l2={probe['l2_selected']:g} chosen, validation top-1 "
-                f"{_pct(probe['val_top1'])}%; refit with {probe['l2']:.3g}) "
+                f"(l2={probe['l2_selected']:g} chosen: validation cross-entropy "
+                f"{_num(probe['val_ce'])}, top-1 {_pct(probe['val_top1'])}%; refit with "
+                f"{probe['l2']:.3g}) "
                 f"[{time.perf_counter() - t:.1f} s]"
             )
 
@@ -413,14 +421,15 @@ def _row_key(row: dict) -> tuple:
 def _same_settings(row: dict, knn_protocols, hp: FinetuneHParams) -> bool:
     """Whether an earlier row was made with this call's settings for its protocol (what
     eval.md describes): kNN k and temperature, the linear probe with its L2 path (rows before
-    it lack ``l2_selected``), the fine-tuning batch and learning rates."""
+    it lack ``l2_selected``) choosing L2 as this one does (rows before ``select_by`` chose by
+    validation top-1), the fine-tuning batch and learning rates."""
     knn = {name: (k, temperature) for name, k, temperature in knn_protocols}
     protocol = row["protocol"]
     if protocol in knn:
         k, temperature = knn[protocol]
         return row.get("k") == min(k, row["n_labels"]) and row.get("temperature") == temperature
     if protocol == "linear":
-        return "l2_selected" in row
+        return "l2_selected" in row and row.get("select_by") == _PROBE_SELECT_BY
     if protocol == "finetune":
         return (row.get("batch_size"), row.get("lr"), row.get("encoder_lr")) == (
             hp.batch_size,
@@ -497,7 +506,7 @@ def _pick(d: dict, keys: Sequence[str]) -> dict:
     return {k: d[k] for k in keys if k in d}
 
 
-_LINEAR_FIELDS = ("top1", "top5", "l2", "l2_selected", "val_top1", "n_val")
+_LINEAR_FIELDS = ("top1", "top5", "l2", "l2_selected", "select_by", "val_top1", "val_ce", "n_val")
 _ROW_ORDER = (
     "representation",
     "protocol",
@@ -512,7 +521,9 @@ _ROW_ORDER = (
     "temperature",
     "l2",
     "l2_selected",
+    "select_by",
     "val_top1",
+    "val_ce",
     "n_val",
     "steps",
     "batch_size",
@@ -536,9 +547,9 @@ def _notes(encoder, train_src, test_src, test_split, num_classes, seed, knn_prot
         f"- cosine kNN with the labelled subset as the memory bank ({knn}; k is capped at the "
         "subset size).\n"
         "- linear: logistic regression (L-BFGS, full batch) on standardised features; L2 "
-        "chosen on a validation split of the labelled subset (the candidates fitted strongest "
-        "first, each from the one before), then refitted on all of it with the same penalty "
-        "per summed loss.\n"
+        "chosen by the lowest cross-entropy on a validation split of the labelled subset (the "
+        "candidates fitted strongest first, each from the one before), then refitted on all of "
+        "it with the same penalty per summed loss.\n"
         "- random_init: the same encoder before training; raw_pixels: pixels in [0, 1].\n"
     )
 

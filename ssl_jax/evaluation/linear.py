@@ -361,13 +361,15 @@ def linear_probe(
     best = None
     if masks:
         fit = fitter(sel, fits=len(l2_grid) * len(masks))
+        x_sel, y_sel = x[sel], y[sel]
         grid = sorted(l2_grid, reverse=True)  # exact ties keep the stronger L2
         correct, ce_sum, first_fold = dict.fromkeys(grid, 0.0), dict.fromkeys(grid, 0.0), {}
         for i, is_val in enumerate(masks):
             init = None
-            x_val, y_val = x[sel][is_val], y[sel][is_val]
+            x_val, y_val = x_sel[is_val], y_sel[is_val]
+            weights = (~is_val).astype(np.float32)
             for l2 in grid:
-                init = fit(y[sel], l2=l2, weights=(~is_val).astype(np.float32), init=init)
+                init = fit(y_sel, l2=l2, weights=weights, init=init)
                 logits = x_val @ init[0] + init[1]
                 acc = topk_accuracy(logits, y_val, 1) if num_classes > 1 else 1.0
                 correct[l2] += acc * len(y_val)

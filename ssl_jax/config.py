@@ -56,7 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.convnet_features = (32, 64, 128, 256)  # convnet: channels of its conv layers
     c.model.convnet_grid = 1  # convnet: average-pool the last map to GxG, flatten (1: global)
     c.model.head_pools = False  # convnet_grid > 1: the projection head averages the GxG cells
-    c.model.conv_impl = "auto"  # auto (im2col on CPU, library conv elsewhere) | xla | im2col
+    # auto (winograd on CPU, the library convolution elsewhere) | xla | im2col | winograd
+    c.model.conv_impl = "auto"
     c.model.projector_hidden = 512
     c.model.projector_dim = 128
     c.model.projector_layers = 2  # 2 (SimCLR v1, BYOL) or 3 (SimCLR v2)

@@ -28,7 +28,8 @@ from ssl_jax.models import (
     get_encoder,
     im2col_conv_general_dilated,
 )
-from ssl_jax.models.conv import get_conv_general_dilated
+from ssl_jax.models import conv as conv_module
+from ssl_jax.models.conv import get_conv_general_dilated, winograd_conv_general_dilated
 
 TINY = 1 / 16  # ResNet width multiplier: 4 base channels
 
@@ -406,6 +407,7 @@ def test_auto_conv_pads_few_input_channels_on_gpu(monkeypatch, c_in):
 def test_conv_impl_selection():
     assert get_conv_general_dilated("xla") is lax.conv_general_dilated
     assert get_conv_general_dilated("im2col") is im2col_conv_general_dilated
+    assert get_conv_general_dilated("winograd") is winograd_conv_general_dilated
     with pytest.raises(ValueError, match="conv_impl"):
         get_conv_general_dilated("fast")
     model = nnx.eval_shape(lambda: ResNet18(conv_impl="im2col", rngs=nnx.Rngs(0)))
@@ -413,13 +415,16 @@ def test_conv_impl_selection():
     assert model.blocks[-1].conv2.conv_general_dilated is im2col_conv_general_dilated
 
 
-def test_model_conv_impls_agree():
-    """Same parameters give the same outputs and gradients whichever convolution is used."""
+@pytest.mark.parametrize("impl", ["im2col", "winograd"])
+def test_model_conv_impls_agree(monkeypatch, impl):
+    """Same parameters give the same outputs and gradients whichever convolution is used. (The
+    tiny ResNet has 4-8 channels: Winograd's channel minimum is lowered so its body uses it.)"""
+    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_IN_CHANNELS", 4)
     x = images((4, 16, 16, 3))
     xla = tiny_resnet((1, 1), BasicBlock, stem="imagenet", conv_impl="xla")
-    im2col = tiny_resnet((1, 1), BasicBlock, stem="imagenet", conv_impl="im2col")
+    other = tiny_resnet((1, 1), BasicBlock, stem="imagenet", conv_impl=impl)
     gd_x, params, rest = nnx.split(xla, nnx.Param, ...)
-    gd_i = nnx.graphdef(im2col)
+    gd_i = nnx.graphdef(other)
 
     @jax.jit
     def both(params, rest):
@@ -428,11 +433,96 @@ def test_model_conv_impls_agree():
 
         return [jax.value_and_grad(loss)(params, gd) for gd in (gd_x, gd_i)]
 
+    if impl == "winograd":
+        assert "batching_dims" in both.lower(params, rest).as_text()  # Winograd's batched products
     (l_x, g_x), (l_i, g_i) = both(params, rest)
     np.testing.assert_allclose(l_i, l_x, rtol=1e-5)
     # Train-mode BN on a tiny batch amplifies float rounding; compare relative to each leaf's scale.
     for a, b in zip(jax.tree.leaves(g_i), jax.tree.leaves(g_x), strict=True):
         assert float(jnp.max(jnp.abs(a - b))) <= 1e-4 * float(jnp.max(jnp.abs(b)))
+
+
+# ----------------------------------------------------------------------------- Winograd conv
+
+
+def conv3x3_f64(x, w, cot):
+    """3x3, stride 1, pad 1 convolution (NHWC, HWIO) and the gradients of sum(y * cot) with
+    respect to x and w, directly in float64 NumPy: the independent reference."""
+    x, w, cot = (np.asarray(a, np.float64) for a in (x, w, cot))
+    _, h, wd, _ = x.shape
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    y = np.zeros(x.shape[:3] + (w.shape[-1],))
+    gxp, gw = np.zeros_like(xp), np.zeros_like(w)
+    for a in range(3):
+        for b in range(3):
+            window = xp[:, a : a + h, b : b + wd]
+            y += window @ w[a, b]
+            gw[a, b] = np.einsum("nijc,nijo->co", window, cot)
+            gxp[:, a : a + h, b : b + wd] += cot @ w[a, b].T
+    return y, gxp[:, 1:-1, 1:-1], gw
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 16, 5), (3, 6, 10, 24, 7), (1, 2, 4, 16, 3)])
+def test_winograd_conv_matches_float64_reference(shape):
+    n, h, w, c_in, c_out = shape
+    x, k = images((n, h, w, c_in)), images((3, 3, c_in, c_out), seed=1) / 3
+    cot = images((n, h, w, c_out), seed=2)
+    conv = functools.partial(
+        winograd_conv_general_dilated,
+        window_strides=(1, 1),
+        padding="SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+
+    @jax.jit
+    def run(x, k, cot):
+        y, vjp_fn = jax.vjp(conv, x, k)  # differentiated: the Winograd forward
+        return conv(x, k), y, *vjp_fn(cot)
+
+    y_ref, gx_ref, gw_ref = conv3x3_f64(x, k, cot)
+    for got, ref in zip(run(x, k, cot), (y_ref, y_ref, gx_ref, gw_ref), strict=True):
+        assert got.shape == ref.shape and got.dtype == jnp.float32
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+WINOGRAD_CASES = [
+    # (in shape, kernel shape, stride, padding, dtype, Winograd?)
+    ((2, 8, 8, 16), (3, 3, 16, 4), 1, "SAME", jnp.float32, True),
+    ((2, 8, 8, 16), (3, 3, 16, 4), 1, ((1, 1), (1, 1)), jnp.float32, True),
+    ((2, 8, 8, 8), (3, 3, 8, 4), 1, "SAME", jnp.float32, False),  # too few input channels
+    ((2, 8, 8, 16), (3, 3, 16, 4), 2, "SAME", jnp.float32, False),  # strided
+    ((2, 7, 8, 16), (3, 3, 16, 4), 1, "SAME", jnp.float32, False),  # odd side
+    ((2, 8, 8, 16), (3, 3, 16, 4), 1, "VALID", jnp.float32, False),  # no padding
+    ((2, 8, 8, 16), (1, 1, 16, 4), 1, "SAME", jnp.float32, False),  # 1x1
+    ((2, 8, 8, 16), (3, 3, 16, 4), 1, "SAME", jnp.bfloat16, False),
+]
+
+
+@pytest.mark.parametrize("x_shape, k_shape, stride, padding, dtype, expect", WINOGRAD_CASES)
+def test_winograd_applies_where_it_should(x_shape, k_shape, stride, padding, dtype, expect):
+    """Winograd for 3x3 stride-1 'same' float32 convolutions with enough channels and even sides,
+    im2col for the rest ('auto' picks the same on CPU); each is still the right convolution."""
+    assert jax.default_backend() == "cpu"
+    x, k = images(x_shape).astype(dtype), (images(k_shape, seed=1) / 3).astype(dtype)
+    kw = dict(window_strides=(stride, stride), padding=padding)
+    kw["dimension_numbers"] = ("NHWC", "HWIO", "NHWC")
+
+    def grads(impl):
+        return jax.jit(jax.grad(lambda a, b: jnp.sum(impl(a, b, **kw) ** 2), (0, 1)))
+
+    for impl in (winograd_conv_general_dilated, conv_module.auto_conv_general_dilated):
+        text = grads(impl).lower(x, k).as_text()
+        assert ("batching_dims" in text) == expect  # Winograd's 16 batched products
+        assert "convolution" not in text  # otherwise im2col
+    tol = 1e-4 if dtype == jnp.float32 else 0.1
+    got, ref = grads(winograd_conv_general_dilated)(x, k), grads(lax.conv_general_dilated)(x, k)
+    for a, b in zip(got, ref, strict=True):
+        np.testing.assert_allclose(
+            np.asarray(a, np.float32),
+            np.asarray(b, np.float32),
+            rtol=0,
+            atol=tol * float(jnp.max(jnp.abs(b.astype(jnp.float32)))),
+        )
 
 
 # ----------------------------------------------------------------------------- heads

@@ -39,7 +39,8 @@ class ConvNet(nnx.Module):
       dtype: compute dtype; parameters and BatchNorm statistics stay in ``param_dtype`` and the
         returned features are always float32.
       param_dtype: storage dtype of parameters.
-      conv_impl: ``'auto'`` (im2col on CPU, XLA conv elsewhere), ``'xla'`` or ``'im2col'``.
+      conv_impl: ``'auto'`` (Winograd / im2col on CPU, XLA conv elsewhere), ``'xla'``, ``'im2col'``
+        or ``'winograd'``.
       rngs: NNX random streams.
 
     Attributes:

@@ -190,8 +190,9 @@ class ResNet(nnx.Module):
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters and BatchNorm statistics stay in
         ``param_dtype`` and the returned features are always float32.
       param_dtype: storage dtype of parameters.
-      conv_impl: ``'auto'`` (im2col on CPU, XLA conv elsewhere), ``'xla'`` or ``'im2col'``;
-        see :mod:`ssl_jax.models.conv`. Does not change the parameters.
+      conv_impl: ``'auto'`` (Winograd / im2col on CPU, XLA conv elsewhere), ``'xla'``,
+        ``'im2col'`` or ``'winograd'``; see :mod:`ssl_jax.models.conv`. Does not change the
+        parameters.
       rngs: NNX random streams (``params`` is used).
 
     Attributes:

@@ -42,6 +42,7 @@ from collections.abc import Hashable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 __all__ = ["byol_loss", "contrastive_accuracy", "nt_xent"]
@@ -75,6 +76,14 @@ def _check_pair(a: jax.Array, b: jax.Array, names: tuple[str, str]) -> None:
 
 
 def _check_temperature(temperature: ArrayLike) -> None:
+    # The rank and dtype are static, so they are checked even when the temperature is traced.
+    if np.ndim(temperature) != 0:
+        raise ValueError(
+            f"temperature must be a scalar; got shape {np.shape(temperature)} "
+            "(jax.vmap over the temperatures to compare several)."
+        )
+    if np.iscomplexobj(temperature):
+        raise ValueError(f"temperature must be a real number; got {temperature!r}.")
     # A traced temperature (e.g. a scheduled value passed into jit) cannot be checked at trace time.
     if isinstance(temperature, jax.core.Tracer):
         return
@@ -82,9 +91,17 @@ def _check_temperature(temperature: ArrayLike) -> None:
         raise ValueError(f"temperature must be > 0; got {temperature}.")
 
 
-def _check_block_size(block_size: int | None) -> None:
+def _check_block_size(block_size: int | None, fn: str) -> None:
     if block_size is None:
         return
+    if isinstance(block_size, jax.core.Tracer):
+        # jit traces every argument it is not told is static, and a traced block size has no
+        # value to build the loop's shapes from.
+        raise ValueError(
+            "block_size sets the loop shape and must be static: under jax.jit, pass it as a "
+            f"static argument, e.g. jax.jit({fn}, static_argnames='block_size'), or close over "
+            "it (functools.partial)."
+        )
     if isinstance(block_size, bool) or not hasattr(block_size, "__index__") or block_size < 1:
         raise ValueError(
             "block_size must be a positive int (candidate columns per streamed block) or None "
@@ -92,9 +109,12 @@ def _check_block_size(block_size: int | None) -> None:
         )
 
 
-def _as_float(x: ArrayLike) -> jax.Array:
-    # Cast up before normalising: bfloat16 sums of squares and dot products lose ~3 digits.
+def _as_float(x: ArrayLike, name: str) -> jax.Array:
     x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        # promote_types keeps complex, and the "loss" would be a complex number.
+        raise ValueError(f"{name} must be real (a float or int dtype); got {x.dtype}.")
+    # Cast up before normalising: bfloat16 sums of squares and dot products lose ~3 digits.
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
@@ -117,7 +137,7 @@ def _normalized_views(z1: ArrayLike, z2: ArrayLike) -> jax.Array:
     its sharding under ``jit``: a ``[2n]`` concatenation of two batch-sharded arrays cannot be
     sharded like its parts, and XLA fills the gap with collective-permutes.
     """
-    z1, z2 = _as_float(z1), _as_float(z2)
+    z1, z2 = _as_float(z1, "z1"), _as_float(z2, "z2")
     _check_pair(z1, z2, ("z1", "z2"))
     return jnp.stack([_l2_normalize(z1), _l2_normalize(z2)])
 
@@ -320,7 +340,10 @@ def nt_xent(
     than a ``[2n, block_size]`` block: about ``3 * 2n * block_size + 3 * 2N * D`` floats per
     device in all. Same value and gradients, for any ``block_size >= 1`` (divisibility is not
     needed; ``block_size >= 2N`` is one block). The gradient w.r.t. ``temperature`` is exact to
-    first order (a learned temperature works; second derivatives in it are not supported).
+    first order (a learned temperature works; second derivatives in it are not supported). The
+    streamed path is reverse-mode only: ``jax.grad``/``jax.vjp``/``jax.jacrev`` work, while
+    ``jax.jvp``/``jax.jacfwd`` (forward mode, hence also ``jax.hessian``) raise JAX's "can't
+    apply forward-mode autodiff (jvp) to a custom_vjp function"; use ``block_size=None`` there.
 
     References:
       Chen et al., `A Simple Framework for Contrastive Learning of Visual Representations
@@ -331,17 +354,21 @@ def nt_xent(
     Args:
       z1: ``[N, D]`` embeddings of the first views (local rows ``[n, D]`` with ``axis_name``).
       z2: ``[N, D]`` embeddings of the second views, in the same image order.
-      temperature: ``tau > 0``; the cosine similarities are divided by it.
+      temperature: a real scalar ``tau > 0``; the cosine similarities are divided by it. It may
+        be traced (a scheduled or learned value passed into ``jit``).
       axis_name: the mapped axis of ``shard_map``/``pmap`` to gather negatives across, or None.
-      block_size: candidate columns per streamed block, or None for the direct formula.
+      block_size: candidate columns per streamed block, or None for the direct formula. It sets
+        the loop's shapes, so it must be a static Python int: under ``jax.jit`` mark it static,
+        ``jax.jit(nt_xent, static_argnames='block_size')``, or close over it.
 
     Returns:
       A float32 scalar (float64 for float64 inputs); bfloat16 inputs are cast up first.
 
     Raises:
-      ValueError: if ``z1`` or ``z2`` is not 2-D or is empty, if their shapes differ, if
-        ``temperature <= 0`` (checked when the temperature is concrete), or if ``block_size`` is
-        neither None nor a positive int.
+      ValueError: if ``z1`` or ``z2`` is not 2-D, is empty or is complex, if their shapes differ,
+        if ``temperature`` is not a real scalar or is ``<= 0`` (the sign is checked when the
+        temperature is concrete; a traced 0 gives NaN), or if ``block_size`` is neither None nor a
+        positive int (a traced ``block_size`` included: see above).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -355,7 +382,7 @@ def nt_xent(
     # profiles: ssl_jax.profiling uses it to tell the embedding gather from any other.
     with jax.named_scope("nt_xent"):
         _check_temperature(temperature)
-        _check_block_size(block_size)
+        _check_block_size(block_size, "nt_xent")
         u = _normalized_views(z1, z2)
         temperature = jnp.asarray(temperature, u.dtype)
         n = u.shape[1]
@@ -403,14 +430,15 @@ def contrastive_accuracy(
       axis_name: the mapped axis of ``shard_map``/``pmap`` to gather candidates across, or None;
         each device then holds a ``[2n, 2N]`` block only, and all get the global accuracy.
       block_size: candidate columns per streamed block (a running argmax; memory
-        ``[2n, block_size]``), or None for the direct ``[2n, 2N]`` comparison.
+        ``[2n, block_size]``), or None for the direct ``[2n, 2N]`` comparison. A static Python
+        int: under ``jax.jit``, ``jax.jit(contrastive_accuracy, static_argnames='block_size')``.
 
     Returns:
       A float32 scalar in ``[0, 1]`` (float64 for float64 inputs).
 
     Raises:
-      ValueError: if ``z1`` or ``z2`` is not 2-D or is empty, if their shapes differ, or if
-        ``block_size`` is neither None nor a positive int.
+      ValueError: if ``z1`` or ``z2`` is not 2-D, is empty or is complex, if their shapes differ,
+        or if ``block_size`` is neither None nor a positive int (a traced one included).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -419,7 +447,7 @@ def contrastive_accuracy(
       1.0
     """
     with jax.named_scope("contrastive_accuracy"):
-        _check_block_size(block_size)
+        _check_block_size(block_size, "contrastive_accuracy")
         u = jax.lax.stop_gradient(_normalized_views(z1, z2))
         n = u.shape[1]
         self_cols = _self_columns(n, axis_name)
@@ -463,7 +491,8 @@ def byol_loss(
       A float32 scalar in ``[0, 4]`` (float64 for float64 inputs); bfloat16 inputs are cast up.
 
     Raises:
-      ValueError: if ``prediction`` or ``target`` is not 2-D or is empty, or if their shapes differ.
+      ValueError: if ``prediction`` or ``target`` is not 2-D, is empty or is complex, or if their
+        shapes differ.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -472,8 +501,8 @@ def byol_loss(
       1.0
     """
     with jax.named_scope("byol_loss"):
-        p = _as_float(prediction)
-        t = jax.lax.stop_gradient(_as_float(target))
+        p = _as_float(prediction, "prediction")
+        t = jax.lax.stop_gradient(_as_float(target, "target"))
         _check_pair(p, t, ("prediction", "target"))
         cos = jnp.sum(_l2_normalize(p) * _l2_normalize(t), axis=-1)
         n_global = _global_size(p.shape[0], axis_name)

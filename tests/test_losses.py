@@ -272,6 +272,56 @@ def test_bad_temperature_raises(tau):
         nt_xent(np.ones((2, 3)), np.ones((2, 3)), temperature=tau)
 
 
+@pytest.mark.parametrize("fn", [nt_xent, contrastive_accuracy])
+def test_traced_block_size_says_how_to_make_it_static(fn):
+    z1, z2 = views(6, 4)
+    name = fn.__name__
+    advice = rf"must be static: .*jax.jit\({name}, static_argnames='block_size'\)"
+    with pytest.raises(ValueError, match=advice):
+        jax.jit(fn)(z1, z2, block_size=4)
+    # The advice works, and gives the direct formula's value.
+    got = jax.jit(fn, static_argnames="block_size")(z1, z2, block_size=4)
+    np.testing.assert_allclose(got, fn(z1, z2), rtol=1e-5)
+
+
+@pytest.mark.parametrize("tau", [[0.1, 0.2], np.array([0.1]), np.full((1, 1), 0.5)])
+def test_non_scalar_temperature_raises(tau):
+    z1, z2 = views(4, 3)
+    with pytest.raises(ValueError, match=r"temperature must be a scalar; got shape"):
+        nt_xent(z1, z2, temperature=tau)
+    with pytest.raises(ValueError, match=r"temperature must be a scalar; got shape"):
+        jax.jit(nt_xent)(z1, z2, temperature=jnp.asarray(tau))
+    # One scalar per problem: vmap over the temperatures instead.
+    taus = jnp.array([0.1, 0.2])
+    got = jax.vmap(lambda t: nt_xent(z1, z2, temperature=t))(taus)
+    np.testing.assert_allclose(got, [nt_xent(z1, z2, temperature=t) for t in (0.1, 0.2)], rtol=1e-6)
+
+
+def test_complex_inputs_and_temperature_raise():
+    z1, z2 = views(4, 3)
+    c = z1.astype(np.complex64)
+    for fn in (nt_xent, contrastive_accuracy, byol_loss):
+        with pytest.raises(ValueError, match=r"z1 must be real .* got complex64|prediction must"):
+            fn(c, z2)
+        with pytest.raises(ValueError, match=r"must be real .* got complex64"):
+            jax.jit(fn)(z1, c)
+    with pytest.raises(ValueError, match=r"temperature must be a real number"):
+        nt_xent(z1, z2, temperature=0.1 + 0j)
+    # Ints (and bools) are still real: cast up to float32 as documented.
+    assert nt_xent(np.ones((2, 3), np.int32), np.eye(2, 3, dtype=np.int64)).dtype == jnp.float32
+
+
+def test_streamed_path_rejects_forward_mode_as_documented():
+    """The docstring says the block_size path is reverse-mode only; keep it honest."""
+    z1, z2 = views(4, 3)
+    assert "reverse-mode only" in " ".join(nt_xent.__doc__.split())
+    jax.grad(lambda a: nt_xent(a, z2, block_size=3))(z1)  # reverse mode works
+    tangent = np.ones_like(z1)
+    with pytest.raises(TypeError, match=r"can't apply forward-mode autodiff"):
+        jax.jvp(lambda a: nt_xent(a, z2, block_size=3), (z1,), (tangent,))
+    jax.jvp(lambda a: nt_xent(a, z2), (z1,), (tangent,))  # the direct formula has forward mode
+
+
 # ----------------------------------------------------------------------------- 8 devices
 
 

@@ -82,9 +82,39 @@ class Checkpointer:
         )
         return restored["state"], restored["data"].state
 
+    def mismatches(self, step: int, like: Any) -> list[str]:
+        """How the train state saved at ``step`` differs from ``like`` in its arrays' paths and
+        shapes (read from the checkpoint's metadata; empty when it fits). Checked before a
+        restore, whose own failure is an Orbax error about truncation/padding options."""
+        saved = tree_shapes(self.manager.item_metadata(step)["state"])
+        want = tree_shapes(like)
+        out = [
+            f"{k}: saved {saved[k]}, now {want[k]}"
+            for k in want
+            if saved.get(k, want[k]) != want[k]
+        ]
+        out += [f"{k}: not in the checkpoint" for k in want if k not in saved]
+        out += [f"{k}: in the checkpoint only" for k in saved if k not in want]
+        return out
+
     def wait(self) -> None:
         """Block until every save in flight is on disk."""
         self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.close()
+
+
+def tree_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """``{'params/encoder/convs/0/kernel/value': shape, ...}`` for the arrays of a pytree (a
+    train state, its abstract shapes, or Orbax's metadata of a saved one)."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        parts = []
+        for key in path:
+            for attr in ("key", "name", "idx"):
+                if hasattr(key, attr):
+                    parts.append(str(getattr(key, attr)))
+                    break
+        out["/".join(parts)] = tuple(getattr(leaf, "shape", ()))
+    return out

@@ -26,6 +26,8 @@ commands:
              ssl-jax evaluate --workdir DIR [--label_fractions=0.01,0.1,1.0]
   embed      a run's frozen features for a data source, in order (labels beside, if any):
              ssl-jax embed --workdir DIR --data SOURCE --out features.npy [--split=train]
+             (for an image folder also OUT_files.txt, the file of each row; a file that
+             cannot be decoded is an error unless --skip_unreadable)
 
 Run `ssl-jax COMMAND --help` for a command's flags.
 """
@@ -59,7 +61,16 @@ def _parse(fv: flags.FlagValues, argv: list[str]):
     try:
         fv(argv)
         return fv["config"].value
-    except AttributeError as e:  # ml_collections: an override names a field the recipe lacks
+    except (AttributeError, KeyError, TypeError) as e:
+        # ml_collections, applying the overrides: AttributeError for a misspelt leaf
+        # (--config.model.encodr), KeyError for a misspelt group (--config.modle.encoder),
+        # TypeError for a leaf used as a group (--config.model.encoder.x). Name the override and
+        # the closest schema field; anything else (e.g. a bug in the recipe file) is not ours.
+        bad = _unknown_override(argv)
+        if bad is not None:
+            raise SystemExit(f"ssl-jax: {_unknown_field_message(bad)}") from None
+        if not isinstance(e, AttributeError):
+            raise
         msg = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
         raise SystemExit(f"ssl-jax: unknown config field in an override: {msg}") from None
     except flags.UnrecognizedFlagError as e:
@@ -71,11 +82,36 @@ def _parse(fv: flags.FlagValues, argv: list[str]):
         raise SystemExit(f"ssl-jax: {e}") from None
 
 
+def _schema_paths() -> tuple[set[str], set[str]]:
+    """(leaf fields, groups) of the config schema as dotted paths: ('model.encoder', 'model')."""
+    from ssl_jax.config import base_config, field_names
+
+    leaves = set(field_names(base_config()))
+    parts = [name.split(".") for name in leaves]
+    return leaves, {".".join(p[:i]) for p in parts for i in range(1, len(p))}
+
+
+def _unknown_override(argv: list[str]) -> str | None:
+    """The first ``--config.PATH`` override whose PATH is no field of the schema, or None."""
+    leaves, groups = _schema_paths()
+    for arg in argv:
+        if arg.startswith("--config."):
+            path = arg[len("--config.") :].split("=", 1)[0]
+            if path not in leaves and path not in groups:
+                return path
+    return None
+
+
 def _unknown_field_message(field: str) -> str:
-    """Name the unknown config field and the closest known one."""
+    """Name the unknown config field and the closest known one (a field, else a group)."""
+    import difflib
+
     from ssl_jax.config import closest_field
 
     close = closest_field(field)
+    if close is None:
+        groups = difflib.get_close_matches(field, _schema_paths()[1], n=1)
+        close = f"{groups[0]}.FIELD" if groups else None
     hint = f" (did you mean --config.{close}?)" if close else ""
     return f"unknown config field '{field}'{hint}. See ssl_jax/config.py for every field."
 
@@ -272,6 +308,13 @@ def _embed_flags() -> flags.FlagValues:
     flags.DEFINE_string("data_dir", None, "TFDS data dir (tfds: sources).", flag_values=fv)
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=fv)
     flags.DEFINE_integer("batch_size", 512, "Images per batch.", flag_values=fv)
+    flags.DEFINE_bool(
+        "skip_unreadable",
+        False,
+        "folder: data: leave out the image files that cannot be decoded (they are listed) "
+        "instead of stopping; OUT_files.txt names the file of every row.",
+        flag_values=fv,
+    )
     return fv
 
 
@@ -292,10 +335,15 @@ def embed(argv: list[str]) -> int:
     from ssl_jax import data, logs
     from ssl_jax.evaluation import extract_features, load_encoder
 
+    out = fv.out if fv.out.endswith(".npy") else fv.out + ".npy"
+    stem = out[: -len(".npy")]
+    is_folder = fv.data.startswith("folder:")
+    skipped: list[str] = []
     try:
         encoder = load_encoder(fv.workdir, step=fv.step)
         channels = int(encoder.config.image_channels)
-        kw = {"channels": channels} if fv.data.startswith("folder:") else {}
+        # A folder's unreadable file must not be replaced by its neighbour: row i is file i.
+        kw = {"channels": channels, "unreadable": "raise"} if is_folder else {}
         if fv.data == "synthetic":
             size = encoder.image_size
             kw = {"image_shape": (size, size, channels)}
@@ -303,7 +351,7 @@ def embed(argv: list[str]) -> int:
             fv.data,
             split=fv.split,
             data_dir=fv.data_dir,
-            image_size=encoder.image_size if fv.data.startswith("folder:") else None,
+            image_size=encoder.image_size if is_folder else None,
             **kw,
         )
         if source.image_shape[-1] != channels:
@@ -311,23 +359,50 @@ def embed(argv: list[str]) -> int:
                 f"{source.name} has {source.image_shape[-1]}-channel images but the encoder "
                 f"was trained on {channels}."
             )
-        feats, labels = extract_features(
-            source, {"f": encoder}, batch_size=fv.batch_size, description="embedding"
-        )
+
+        def run(src):
+            return extract_features(
+                src, {"f": encoder}, batch_size=fv.batch_size, description="embedding"
+            )
+
+        try:
+            feats, labels = run(source)
+        except data.UnreadableImageError as e:
+            logs.console(f"{e.path} cannot be decoded; checking every file of {source.root} ...")
+            skipped = source.find_corrupt() or [e.path]
+            listing = ", ".join(skipped[:10]) + (", ..." if len(skipped) > 10 else "")
+            if not fv.skip_unreadable:
+                raise ValueError(
+                    f"{len(skipped)} of the {len(source):,} image files in {source.root} cannot "
+                    f"be decoded: {listing}. Remove or repair them, or pass --skip_unreadable "
+                    f"to embed the others ({stem}_files.txt then names the file of every row)."
+                ) from None
+            source = source.without(skipped)
+            feats, labels = run(source)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"ssl-jax embed: {e}") from None
-    out = fv.out if fv.out.endswith(".npy") else fv.out + ".npy"
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     np.save(out, feats["f"])
     written = [f"{out} (float32 {feats['f'].shape})"]
     if (labels >= 0).all():
-        labels_out = out[: -len(".npy")] + "_labels.npy"
+        labels_out = stem + "_labels.npy"
         np.save(labels_out, labels)
         written.append(f"{labels_out} (int32 [{len(labels)}])")
+    if is_folder:  # which file each row is (paths relative to the folder read)
+        files_out = stem + "_files.txt"
+        with open(files_out, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.writelines(path + "\n" for path in source.files)
+        written.append(f"{files_out} (paths relative to {source.root})")
     logs.console(
         f"embedded {len(labels):,} images of {source.name} with {encoder.workdir} "
         f"(step {encoder.step}): " + ", ".join(written)
     )
+    if skipped:
+        logs.console(
+            f"left out {len(skipped)} unreadable image file(s): "
+            + ", ".join(skipped[:10])
+            + (", ..." if len(skipped) > 10 else "")
+        )
     return 0
 
 
@@ -350,7 +425,16 @@ def main(argv: list[str] | None = None) -> int:
         host_memory.configure()  # before JAX starts its backend (see host_memory)
     except ValueError as e:
         raise SystemExit(f"ssl-jax: {e}") from None
-    return COMMANDS[command](rest)
+    try:
+        return COMMANDS[command](rest)
+    except KeyboardInterrupt:
+        # The training loop has closed the checkpointer on the way out (saves in flight are on
+        # disk); what was trained since the last checkpoint is lost.
+        msg = "ssl-jax: interrupted."
+        if command == "pretrain":
+            msg += " Run the same command again to resume from the last checkpoint."
+        print(msg, file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -118,11 +118,20 @@ class TensorBoardWriter:
 
 class MetricWriter:
     """Writes one JSON object per logged step to ``workdir/metrics.jsonl`` and the same scalars
-    to TensorBoard under ``workdir/tensorboard``. Only process 0 should make one."""
+    to TensorBoard under ``workdir/tensorboard``. Only process 0 should make one.
 
-    def __init__(self, workdir: str):
+    ``keep_through_step``: a run (re)starting from the checkpoint of that step (0: from scratch)
+    first drops the records of later steps, which the restarted run logs again, and any line a
+    killed run left half-written; the file is rewritten atomically. ``dropped`` counts them.
+    None appends to the file as it is.
+    """
+
+    def __init__(self, workdir: str, keep_through_step: int | None = None):
         os.makedirs(workdir, exist_ok=True)
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+        self.dropped = 0
+        if keep_through_step is not None and os.path.exists(self.jsonl_path):
+            self.dropped = _truncate_records(self.jsonl_path, keep_through_step)
         self._jsonl = open(self.jsonl_path, "a")  # noqa: SIM115 - closed in close()
         self._tb = TensorBoardWriter(os.path.join(workdir, "tensorboard"))
 
@@ -137,6 +146,44 @@ class MetricWriter:
         self._tb.close()
 
 
+def _truncate_records(path: str, last_step: int) -> int:
+    """Keep the parseable records of ``path`` with ``step <= last_step``; return how many lines
+    were dropped."""
+    kept, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                keep = isinstance(record, dict) and int(record["step"]) <= last_step
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                keep = False
+            if keep:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if dropped:
+        write_atomic(path, "".join(kept))
+    return dropped
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write to a temporary file beside ``path``, then rename it over ``path``: a killed run
+    leaves the old file or the new one, never half of one."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def _jsonable(v):
     v = v.item() if hasattr(v, "item") else v
     if isinstance(v, float) and not math.isfinite(v):
@@ -145,7 +192,9 @@ def _jsonable(v):
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    """The records of ``workdir/metrics.jsonl``, in order."""
+    """The records of ``workdir/metrics.jsonl``, in order (as written: a kNN-monitor record may
+    share its step with the step's loss record; ``ssl_jax.evaluation.plots.read_metrics`` merges
+    them). A resumed run's file holds each step once: see :class:`MetricWriter`."""
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f if line.strip()]
 

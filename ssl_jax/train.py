@@ -37,11 +37,22 @@ class TrainResult:
     workdir: str
 
 
-def make_source(config, split: str | None = None):
-    """The configured data source (for training, or another split for evaluation)."""
+def make_source(config, split: str | None = None, *, unreadable: str | None = None):
+    """The configured data source (for training, or another split for evaluation).
+
+    For a ``folder:`` dataset, images load with ``config.image_channels`` channels, and
+    ``unreadable`` says what an undecodable file does: 'substitute' (the next readable file,
+    with a warning) or 'raise' (an error naming it). By default the training split substitutes
+    (a shuffled stream) and every other split raises (evaluation must score the right images).
+    """
+    split = split or config.train_split
     kwargs: dict[str, Any] = {}
     if config.data_in_memory:
         kwargs["in_memory"] = True
+    if config.dataset.startswith("folder:"):
+        kwargs["channels"] = config.image_channels
+        default = "substitute" if split == config.train_split else "raise"
+        kwargs["unreadable"] = unreadable or default
     if config.dataset == "synthetic":
         shape = (config.image_size, config.image_size, config.image_channels)
         kwargs = dict(
@@ -51,7 +62,7 @@ def make_source(config, split: str | None = None):
         )
     return data.get_source(
         config.dataset,
-        split=split or config.train_split,
+        split=split,
         data_dir=config.data_dir,
         image_size=config.data_image_size,
         seed=config.seed,
@@ -118,18 +129,37 @@ def train(config, workdir: str) -> TrainResult:
     init_fn = functools.partial(method.init_state, config)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
     latest = ckpt.latest_step()
+    changes = config_changes(workdir, config) if latest is not None else []
     if latest is None:
         state = jax.jit(init_fn, out_shardings=repl)(key)
     else:
-        state, data_state = ckpt.restore(latest, _abstract_state(init_fn, key, repl))
+        abstract = _abstract_state(init_fn, key, repl)
+        try:
+            mismatches = ckpt.mismatches(latest, abstract)
+        except Exception:  # noqa: BLE001 - no readable metadata: let the restore itself decide
+            mismatches = []
+        if mismatches:
+            ckpt.close()
+            shown = "; ".join(mismatches[:3]) + (
+                f"; and {len(mismatches) - 3} more" if len(mismatches) > 3 else ""
+            )
+            raise ValueError(
+                f"The checkpoint {ckpt.directory}/{latest} does not fit the model and optimizer "
+                f"of this config ({shown}). Config changes since the run began: "
+                f"{'; '.join(changes) or 'none found'}. Resume with the config saved in "
+                f"{os.path.join(workdir, 'config.json')}, or give a new --workdir."
+            )
+        state, data_state = ckpt.restore(latest, abstract)
         iterator.set_state(data_state)
     start_step = int(state.step)
 
     if is_main:
         os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-        writer = logs.MetricWriter(workdir)
+        logs.write_atomic(
+            os.path.join(workdir, "config.json"),
+            config.to_json_best_effort(indent=2, sort_keys=True),
+        )
+        writer = logs.MetricWriter(workdir, keep_through_step=start_step)
         n_dev = mesh.devices.size
         logs.console(
             f"ssl_jax {config.method}: {config.dataset} ({len(source):,} images, "
@@ -138,6 +168,21 @@ def train(config, workdir: str) -> TrainResult:
         )
         if latest is not None:
             logs.console(f"resumed from {ckpt.directory}/{latest} at step {start_step}")
+        if changes:
+            logs.console(
+                "the config differs from the one this run was started with (config.json now "
+                "records the new values): " + "; ".join(changes)
+            )
+        if writer.dropped:
+            logs.console(
+                f"metrics.jsonl: dropped {writer.dropped} record(s) logged after step "
+                f"{start_step} (they are logged again)"
+            )
+        if start_step >= config.total_steps:
+            logs.console(
+                f"nothing to train: the checkpoint is at step {start_step} and "
+                f"config.total_steps={config.total_steps} (raise it to train longer)"
+            )
 
     monitor = None
     if is_main and config.eval_every:
@@ -236,6 +281,33 @@ def train(config, workdir: str) -> TrainResult:
             writer.close()
     last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()} if metrics else {}
     return TrainResult(state=state, last_metrics=last_metrics, workdir=workdir)
+
+
+def config_changes(workdir: str, config) -> list[str]:
+    """``'key: saved -> now'`` for each field of ``config`` whose value differs from the run's
+    ``workdir/config.json`` (fields the saved file lacks, added to the schema since, are not
+    changes). Empty when there is no readable saved config."""
+    try:
+        with open(os.path.join(workdir, "config.json")) as f:
+            saved = _flatten(json.load(f))
+    except (OSError, json.JSONDecodeError):
+        return []
+    now = _flatten(json.loads(config.to_json_best_effort()))
+    return [
+        f"{key}: {saved[key]!r} -> {now.get(key, '(absent)')!r}"
+        for key in sorted(saved)
+        if key not in now or now[key] != saved[key]
+    ]
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
 
 
 def load_config(workdir: str):

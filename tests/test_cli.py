@@ -37,6 +37,27 @@ def test_unknown_config_field_suggests_the_right_one(tmp_path):
     assert "batch_sze" in msg and "batch_size" in msg
 
 
+@pytest.mark.parametrize(
+    "override, closest",
+    [
+        ("--config.modle.encoder=resnet18", "--config.model.encoder?"),  # a misspelt group
+        ("--config.model.encodr=resnet18", "--config.model.encoder?"),  # a misspelt leaf
+        ("--config.model.encoder.x=1", "--config.model.encoder?"),  # a leaf used as a group
+        ("--config.modle=3", "--config.model.FIELD?"),
+    ],
+)
+def test_misspelt_config_path_is_a_one_line_error(tmp_path, override, closest):
+    """ml_collections raises KeyError / AttributeError / TypeError for these; the CLI turns each
+    into the same one-line message naming the override and the closest schema field."""
+    msg = _pretrain_error(["--config", RECIPE, "--workdir", str(tmp_path / "w"), override])
+    path = override[len("--config.") :].split("=")[0]
+    assert msg == (
+        f"ssl-jax: unknown config field '{path}' (did you mean {closest}). "
+        "See ssl_jax/config.py for every field."
+    )
+    assert not (tmp_path / "w").exists()
+
+
 def test_bad_config_value_names_the_field(tmp_path):
     msg = _pretrain_error(["--config", RECIPE, "--workdir", str(tmp_path), "--config.method=moco"])
     assert "config.method='moco'" in msg

@@ -14,7 +14,9 @@ from PIL import Image
 
 from ssl_jax.data import (
     ArraySource,
+    FolderSource,
     SyntheticSource,
+    UnreadableImageError,
     collect,
     eval_batches,
     get_source,
@@ -273,12 +275,113 @@ def test_folder_source_errors_and_split_subfolder(tmp_path):
         FileNotFoundError, match=r"No images found in .*empty.*\.jpg, \.jpeg, \.png"
     ):
         get_source(f"folder:{tmp_path / 'empty'}", image_size=8)
-    with pytest.raises(ValueError, match="image_size is required"):
-        get_source(f"folder:{tmp_path / 'empty'}")
+    (tmp_path / "one" / "cls").mkdir(parents=True)
+    Image.new("RGB", (5, 5)).save(tmp_path / "one" / "cls" / "x.png")
+    # The message names the config field a CLI user sets, not the Python argument only.
+    with pytest.raises(ValueError, match=r"--config\.data_image_size=N"):
+        get_source(f"folder:{tmp_path / 'one'}")
     (tmp_path / "ds" / "test" / "k").mkdir(parents=True)
     Image.new("RGB", (5, 5)).save(tmp_path / "ds" / "test" / "k" / "x.png")
     src = get_source(f"folder:{tmp_path / 'ds'}", split="test", image_size=3)
     assert src.class_names == ["k"] and len(src) == 1
+
+
+def save_pngs(root, names, size=6):
+    """Tiny grayscale PNGs at root/NAME (value i for the i-th name)."""
+    for i, name in enumerate(names):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (size, size), 10 * i).save(root / name)
+
+
+def test_folder_split_never_falls_back_to_the_training_images(tmp_path):
+    flat = tmp_path / "flat"
+    save_pngs(flat, ["cat/0.png", "cat/1.png", "dog/2.png"])
+    for split in ("train", None):  # the training split may be the whole folder...
+        src = FolderSource(flat, split=split, image_size=4)
+        assert src.root == str(flat) and src.class_names == ["cat", "dog"]
+    for split in ("test", "validation"):  # ...no other split may: it would score training images
+        with pytest.raises(FileNotFoundError) as info:
+            get_source(f"folder:{flat}", split=split, image_size=4)
+        msg = str(info.value)
+        assert f"no '{split}/' sub-folder" in msg and str(flat) in msg
+        assert f"{flat}/train/<class>/" in msg and f"{flat}/test/<class>/" in msg
+
+    split = tmp_path / "split"
+    save_pngs(split, ["train/cat/0.png", "train/dog/1.png", "test/cat/2.png", "test/dog/3.png"])
+    for name in ("train", None):
+        assert FolderSource(split, split=name, image_size=4).root == str(split / "train")
+    assert get_source(f"folder:{split}", split="test", image_size=4).class_names == ["cat", "dog"]
+    # Split folders are never classes: a missing split is an error, not a 2-class 'train'/'test'.
+    with pytest.raises(
+        FileNotFoundError, match=r"split sub-folders test/, train/ but no 'validation/'"
+    ):
+        get_source(f"folder:{split}", split="validation", image_size=4)
+    only_test = tmp_path / "only_test"
+    save_pngs(only_test, ["cat/0.png", "test/cat/1.png"])
+    with pytest.raises(FileNotFoundError, match=r"split sub-folders test/ but no 'train/'"):
+        get_source(f"folder:{only_test}", split="train", image_size=4)
+
+
+def test_folder_unreadable_raise_names_the_file(tmp_path):
+    make_folder(tmp_path / "imgs")
+    src = get_source(f"folder:{tmp_path / 'imgs'}", image_size=4, unreadable="raise")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no substitution warning: an error instead
+        assert int(src[3]["label"]) == 1
+        with pytest.raises(UnreadableImageError, match=r"2_bad\.jpg") as info:
+            src[2]
+        assert isinstance(info.value, ValueError) and info.value.path == "a/2_bad.jpg"
+        # The in-order evaluation reader stops too (grain re-raises the same error).
+        with pytest.raises(UnreadableImageError, match=r"2_bad\.jpg"):
+            collect(eval_batches(src, batch_size=2))
+        assert src.find_corrupt() == ["a/2_bad.jpg"]
+    good = src.without(["a/2_bad.jpg"])
+    assert len(good) == 4 and len(src) == 5
+    assert good.files == ["a/0_red.png", "a/1_gray.png", "b/3_green.JPG", "b/deep/4_blue.png"]
+    np.testing.assert_array_equal(good.labels, [0, 0, 1, 1])
+    assert collect(eval_batches(good, batch_size=2))["image"].shape == (4, 4, 4, 3)
+    with pytest.raises(ValueError, match="unreadable must be one of"):
+        get_source(f"folder:{tmp_path / 'imgs'}", image_size=4, unreadable="skip")
+
+
+def test_folder_where_nothing_decodes_fails_when_built(tmp_path):
+    for name in ("a/0.png", "a/1.jpg"):
+        (tmp_path / "bad" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "bad" / name).write_bytes(b"garbage, not an image")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # A ValueError (which the CLI reports), before any pipeline or compilation.
+        with pytest.raises(ValueError, match=r"None of the 2 image files .*bad.* a/0\.png"):
+            get_source(f"folder:{tmp_path / 'bad'}", image_size=4)
+
+
+def test_make_source_folder_channels_splits_and_monitor(tmp_path, capsys):
+    from helpers import tiny_config
+    from ssl_jax.evaluation.monitor import make_monitor
+    from ssl_jax.train import make_source
+
+    flat = tmp_path / "flat"
+    save_pngs(flat, ["a/0.png", "a/1.png", "b/2.png", "b/3.png"])
+    config = tiny_config(dataset=f"folder:{flat}", data_image_size=8, eval_every=2)
+    config.image_channels = 1
+    src = make_source(config)
+    assert src.image_shape == (8, 8, 1)  # config.image_channels reaches the folder source
+    assert src.unreadable == "substitute"  # training: a shuffled stream may substitute
+    assert make_source(config, unreadable="raise").unreadable == "raise"
+    config.image_channels = 3
+    assert make_source(config).image_shape == (8, 8, 3)
+    # No test/ folder: evaluation gets an error, the monitor turns itself off and says why.
+    with pytest.raises(FileNotFoundError, match="no 'test/' sub-folder"):
+        make_source(config, split="test")
+    assert make_monitor(config, src, lambda: make_source(config, config.eval_split)) is None
+    assert "kNN monitor off: no test split to score" in capsys.readouterr().out
+    # With a test/ folder, the evaluation splits never substitute an unreadable image.
+    split = tmp_path / "split"
+    save_pngs(split, ["train/a/0.png", "train/b/1.png", "test/a/2.png", "test/b/3.png"])
+    config.dataset = f"folder:{split}"
+    assert make_source(config).root == str(split / "train")
+    test = make_source(config, split="test")
+    assert test.root == str(split / "test") and test.unreadable == "raise"
 
 
 def test_resize_center_crop_takes_the_center():

@@ -104,3 +104,23 @@ def test_progress_line_has_the_fields():
     # Before any step is timed there is no speed: no ETA rather than a huge one.
     for eta in (None, float("inf")):
         assert logs.progress_line(1, 100, 0.01, 3.0, 0.0, eta).endswith("ETA --:--")
+
+
+def test_metric_writer_drops_records_after_the_restart_step(tmp_path):
+    """A run restarting from the checkpoint of step 4 drops what it logged after step 4 (it logs
+    those steps again) and a line a killed process left half-written; the rest is kept as is."""
+    lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in range(1, 7)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 7, "lo')
+    w = logs.MetricWriter(str(tmp_path), keep_through_step=4)
+    assert w.dropped == 3
+    w.write(5, {"loss": 0.5})
+    w.close()
+    records = logs.read_metrics(str(tmp_path))
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+    assert records[2]["loss"] == 1.0 / 3 and records[4]["loss"] == 0.5
+    # Without keep_through_step the file is appended to as it is.
+    logs.MetricWriter(str(tmp_path)).close()
+    assert [r["step"] for r in logs.read_metrics(str(tmp_path))] == [1, 2, 3, 4, 5]
+    fresh = logs.MetricWriter(str(tmp_path), keep_through_step=0)  # a restart from scratch
+    fresh.close()
+    assert fresh.dropped == 5 and logs.read_metrics(str(tmp_path)) == []

@@ -91,3 +91,24 @@ def test_monitor_is_off_without_labels_or_when_disabled(capsys):
     assert "no labels" in capsys.readouterr().out
     labelled = ArraySource(np.zeros((8, 16, 16, 1), np.uint8), np.arange(8) % 2, num_classes=2)
     assert make_monitor(tiny_config(eval_every=0), labelled, lambda: labelled) is None
+
+
+def test_monitor_leaves_unlabelled_images_out(capsys):
+    """Images without a label (-1, as an image folder gives files outside class folders) are
+    left out of the bank and the queries, instead of failing at the first kNN step."""
+    config = tiny_config(eval_every=2)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 16, 16, 1), dtype=np.uint8)
+    labels = np.arange(40) % 4
+    labels[::5] = -1  # 8 unlabelled
+    mixed = ArraySource(images, labels, num_classes=4)
+    monitor = make_monitor(config, mixed, lambda: mixed)
+    assert monitor is not None and len(monitor.bank) == len(monitor.query) == 32
+    assert monitor.unlabelled == 8 and "8 unlabelled" in capsys.readouterr().out
+    bank = monitor.bank.read_batch(np.arange(32))
+    assert (bank["label"] >= 0).all()
+    np.testing.assert_array_equal(bank["image"], images[labels >= 0])
+    assert 0.0 <= monitor(_initial_state(config))["knn_top1"] <= 1.0
+    none = ArraySource(images, np.full(40, -1), num_classes=4)
+    assert make_monitor(config, none, lambda: none) is None
+    assert "no labelled images" in capsys.readouterr().out

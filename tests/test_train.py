@@ -143,11 +143,13 @@ def test_killed_run_resumes_exactly(tmp_path, method):
     resumed = _run_cli(tmp_path / "run", config)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout and "at step 4" in resumed.stdout
+    # Steps 5 and 6 were logged before the kill; the resumed run logs them again, once.
+    assert "dropped 2 record(s) logged after step 4" in resumed.stdout
+    assert "config differs" not in resumed.stdout
 
     expected = {r["step"]: r["loss"] for r in logs.read_metrics(str(tmp_path / "ref"))}
     records = logs.read_metrics(str(tmp_path / "run"))
-    # Steps 5 and 6 were logged twice (before the kill and after the resume).
-    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6, 5, 6, 7, 8, 9, 10]
+    assert [r["step"] for r in records] == list(range(1, 11))
     for r in records:
         assert r["loss"] == expected[r["step"]], r["step"]
 
@@ -171,3 +173,25 @@ def test_head_pools_grid_features_is_the_globally_pooled_objective():
     np.testing.assert_allclose(h4.reshape(4, 4, 16).mean(1), h1, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(z4, z1, rtol=1e-4, atol=1e-5)
     assert np.abs(h4.reshape(4, 4, 16) - h1[:, None]).max() > 1e-3  # the cells differ
+
+
+def test_resume_reports_config_changes_and_refuses_another_model(tmp_path, capsys):
+    """Restarting a run with a changed config says what changed; one whose checkpoint does not
+    fit the new model is refused with a message naming the change and the way out."""
+    workdir = str(tmp_path)
+    train(tiny_config(total_steps=2, checkpoint_every=2), workdir)
+    capsys.readouterr()
+    train(tiny_config(total_steps=3, checkpoint_every=2), workdir)  # train one step longer
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "the config differs" in out and "total_steps: 2 -> 3" in out
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["total_steps"] == 3  # config.json records the new values
+    train(tiny_config(total_steps=3), workdir)
+    assert "nothing to train: the checkpoint is at step 3" in capsys.readouterr().out
+
+    wider = tiny_config(total_steps=4, **{"model.convnet_features": (8, 8, 8, 16)})
+    with pytest.raises(ValueError, match="does not fit") as e:
+        train(wider, workdir)
+    assert "model.convnet_features: [4, 8, 8, 16] -> [8, 8, 8, 16]" in str(e.value)
+    assert "saved (3, 3, 1, 4), now (3, 3, 1, 8)" in str(e.value)
+    assert "new --workdir" in str(e.value)

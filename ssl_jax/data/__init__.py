@@ -10,6 +10,7 @@
 Sources are imported lazily by get_source (TFDS is slow to import and only some need it).
 """
 
+from ssl_jax.data.folder import FolderSource, UnreadableImageError
 from ssl_jax.data.pipeline import (
     EvalBatches,
     TrainIterator,
@@ -31,10 +32,12 @@ from ssl_jax.data.tfds_sources import TfdsSource
 __all__ = [
     "ArraySource",
     "EvalBatches",
+    "FolderSource",
     "Source",
     "SyntheticSource",
     "TfdsSource",
     "TrainIterator",
+    "UnreadableImageError",
     "collect",
     "eval_batches",
     "get_source",

@@ -31,7 +31,8 @@ Example = dict[str, np.ndarray]
 SPEC_FORMS = (
     "'fashion_mnist' (local Fashion-MNIST, built offline into TFDS format)",
     "'tfds:NAME' (a TFDS dataset already prepared in data_dir, e.g. 'tfds:cifar10')",
-    "'folder:/path/to/images' (JPEG/PNG files; first-level subfolders are classes)",
+    "'folder:/path/to/images' (JPEG/PNG files in /path/to/images/<split>/<class>/, or "
+    "/path/to/images/<class>/ for a training split only)",
     "'synthetic' (deterministic random images with a class signal, for tests)",
 )
 
@@ -252,8 +253,10 @@ def get_source(
           kw: idx_dir=, download=, in_memory=).
         'tfds:NAME': a TFDS dataset already prepared (array_record) in data_dir (kw: in_memory=,
           which reads the split into memory once: far faster batches for small datasets).
-        'folder:/path': your own JPEG/PNG images; first-level subfolders are the classes. If
-          /path/<split> is a folder, it is used. Needs image_size (kw: channels=3 or 1).
+        'folder:/path': your own JPEG/PNG images; first-level subfolders are the classes.
+          Reads /path/<split>; only the 'train' split may be /path itself (no split folders),
+          any other split without its folder is a FileNotFoundError. Needs image_size (kw:
+          channels=3 or 1, unreadable='substitute' or 'raise'; see folder.py).
         'synthetic': deterministic random images (kw: num_examples=, image_shape=, num_classes=).
       split: dataset split ('train', 'test', TFDS slices like 'train[:10%]').
       data_dir: TFDS data dir; default $TFDS_DATA_DIR or ~/tensorflow_datasets.

@@ -3,6 +3,9 @@
     encoder = load_encoder('runs/simclr')         # the latest checkpoint, eval mode
     feats = encoder(images)                       # uint8 [B, H, W, C] -> float32 [B, F]
 
+Float images are taken to be in [0, 1] already (uint8 / 255), never [0, 255]: the encoder checks
+that whenever the images are concrete arrays (not traced inside a user's ``jax.jit``).
+
 Images are prepared as in training but without augmentation: scaled to [0, 1], resized (shorter
 side) and centre-cropped to ``config.image_size`` if they differ, then normalised with the mean
 and std of the run's view preset. BatchNorm uses its running averages.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import operator
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -63,10 +67,61 @@ def raw_pixels(images: jax.Array, *, size: int) -> jax.Array:
     return x.reshape(x.shape[0], -1)
 
 
+def _checked_images(images: Any, channels: int | None) -> Any:
+    """Check what :class:`Encoder` accepts, on the array as given (before any cast, so int64
+    input is reported as int64, not as JAX's int32), and return it as an array."""
+    if not isinstance(images, (np.ndarray, jax.Array)):  # lists, PIL images, other frameworks
+        images = np.asarray(images)
+    dtype, shape = images.dtype, tuple(images.shape)
+    is_float = jnp.issubdtype(dtype, jnp.floating)
+    if dtype != np.uint8 and not is_float:
+        hint = (
+            " (integer images in [0, 255]: images.astype(np.uint8))"
+            if jnp.issubdtype(dtype, jnp.integer)
+            else ""
+        )
+        raise ValueError(
+            f"images must be uint8 in [0, 255] or float in [0, 1]; got dtype {dtype}{hint}."
+        )
+    if len(shape) != 4:
+        hint = ""
+        if len(shape) == 3:
+            hint = (
+                ": for one image [H, W, C] pass images[None]; for a batch of single-channel "
+                "images [B, H, W] pass images[..., None]"
+            )
+        raise ValueError(f"images must be a batch [B, H, W, C]; got shape {shape}{hint}.")
+    if shape[0] == 0:
+        raise ValueError(f"images is an empty batch: shape {shape}; pass at least one image.")
+    if channels is not None and shape[-1] != channels:
+        raise ValueError(
+            f"images have {shape[-1]} channels (shape {shape}) but the encoder was trained on "
+            f"{channels}-channel images (config.image_channels)."
+        )
+    if is_float and not isinstance(images, jax.core.Tracer):
+        # A traced batch (the encoder called inside a user's jit) has no values to check.
+        lo, hi = float(images.min()), float(images.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(
+                f"float images must be in [0, 1]; got values in [{lo:g}, {hi:g}]. Pass uint8 "
+                "images in [0, 255], or divide float images in [0, 255] by 255 (the encoder "
+                "applies the run's mean/std normalisation itself: do not normalise them)."
+            )
+    return images
+
+
 @dataclasses.dataclass(frozen=True)
 class Encoder:
-    """A frozen encoder in eval mode; call it on uint8 images [B, H, W, C] to get float32
-    features [B, F]. The call is jitted; encoders of one architecture share the compilation.
+    """A frozen encoder in eval mode; call it on images [B, H, W, C] to get float32 features
+    [B, F]. The call is jitted; encoders of one architecture share the compilation.
+
+    Images are uint8 in [0, 255] or float in [0, 1] (uint8 / 255), with ``config.image_channels``
+    channels; any size (resized and centre-cropped to ``image_size``). Float images in [0, 255]
+    would silently give wrong features, so when the images are concrete (not traced under a
+    user's ``jax.jit``) a float batch outside [0, 1] is a ValueError, as are other dtypes
+    (integer images other than uint8 included: ``images.astype(np.uint8)``), a single image
+    ``[H, W, C]`` (pass ``images[None]``), an empty batch and a channel count the encoder was
+    not trained on.
 
     Attributes:
       graphdef, state: the NNX module split (``module`` merges them).
@@ -94,10 +149,12 @@ class Encoder:
         return int(self.module.num_features)
 
     def __call__(self, images: Any) -> jax.Array:
+        """uint8 [B, H, W, C] in [0, 255] or float in [0, 1] -> float32 features [B, F]."""
+        channels = getattr(self.config, "image_channels", None)
         return _encode(
             self.graphdef,
             self.state,
-            jnp.asarray(images),
+            jnp.asarray(_checked_images(images, channels)),
             size=self.image_size,
             mean=self.mean,
             std=self.std,
@@ -133,19 +190,40 @@ def random_init_encoder(config: Any) -> Encoder:
     return encoder_from_state(config, state)
 
 
-def load_encoder(workdir: str, *, step: int | None = None) -> Encoder:
+def _as_step(step: Any) -> int:
+    """A checkpoint step: an int (NumPy ints included) or a string of one; not bool or float."""
+    if isinstance(step, str):
+        try:
+            return int(step.strip())
+        except ValueError:
+            pass
+    elif not isinstance(step, bool):
+        try:
+            return operator.index(step)
+        except TypeError:
+            pass
+    raise TypeError(f"step must be an int checkpoint step (e.g. step=1000); got {step!r}.")
+
+
+def load_encoder(workdir: str, *, step: int | str | None = None) -> Encoder:
     """Rebuild a run's encoder from ``workdir/config.json`` and restore a checkpoint into it.
 
     Args:
       workdir: a directory written by ``ssl-jax pretrain`` / ``ssl_jax.train.train``.
-      step: the checkpoint to restore (default: the latest).
+      step: the checkpoint to restore (default: the latest); an int, or a string of digits
+        such as ``"1000"`` (converted with ``int``).
 
     Returns:
-      An :class:`Encoder` in eval mode (BatchNorm running averages) on the default device.
+      An :class:`Encoder` in eval mode (BatchNorm running averages) on the default device. It
+      maps uint8 images ``[B, H, W, C]`` in [0, 255], or float images in [0, 1] (never
+      [0, 255]: divide those by 255), to float32 features ``[B, F]``.
 
     Raises:
       FileNotFoundError: no config.json, no checkpoint, or no checkpoint of that step.
+      TypeError: ``step`` is neither None, an int nor a string of an int.
     """
+    if step is not None:
+        step = _as_step(step)
     workdir = os.path.abspath(workdir)
     if not os.path.isfile(os.path.join(workdir, "config.json")):
         raise FileNotFoundError(

@@ -67,10 +67,12 @@ class KnnMonitor:
         self.k, self.temperature = k, temperature
         rng = np.random.default_rng(config.seed)
         bank_idx = np.sort(rng.permutation(len(train_source))[:bank_size])
+        # Images without a label (-1: e.g. files at the top of an image folder) are left out.
         self.bank = _in_memory(train_source, bank_idx)
         self.query = _in_memory(test_source, np.arange(min(query_size, len(test_source))))
+        self.unlabelled = len(bank_idx) - len(self.bank)
         labels = self.bank.read_batch(np.arange(len(self.bank)))["label"]
-        self.num_classes = train_source.num_classes or int(labels.max()) + 1
+        self.num_classes = train_source.num_classes or int(labels.max(initial=-1)) + 1
         self.setup_s = time.perf_counter() - t
 
     def __call__(self, state: Any) -> dict[str, float]:
@@ -90,8 +92,12 @@ class KnnMonitor:
 
 
 def _in_memory(source: Source, indices: np.ndarray) -> ArraySource:
+    """The labelled images among ``source[indices]``, in memory."""
     batch = source.read_batch(indices)
-    return ArraySource(batch["image"], batch["label"], num_classes=source.num_classes)
+    labelled = np.asarray(batch["label"]) >= 0
+    return ArraySource(
+        batch["image"][labelled], batch["label"][labelled], num_classes=source.num_classes
+    )
 
 
 def make_monitor(config: Any, train_source: Any, test_source_fn) -> KnnMonitor | None:
@@ -108,6 +114,11 @@ def make_monitor(config: Any, train_source: Any, test_source_fn) -> KnnMonitor |
         logs.console(f"kNN monitor off: no test split to score ({e})")
         return None
     monitor = KnnMonitor(config, train_source, test_source)
+    if not len(monitor.bank) or not len(monitor.query):
+        logs.console("kNN monitor off: no labelled images in the training or the test split")
+        return None
+    if monitor.unlabelled:
+        logs.console(f"kNN monitor: {monitor.unlabelled:,} unlabelled images left out of the bank")
     logs.console(
         f"kNN monitor every {config.eval_every} steps: {len(monitor.bank):,} labelled train "
         f"images as the bank, {len(monitor.query):,} test images "

@@ -206,7 +206,7 @@ def evaluate(
 
     encoder = load_encoder(workdir, step=step)
     config = encoder.config
-    train_src = train.make_source(config)
+    train_src = train.make_source(config, unreadable="raise")  # score the images named
     test_src = train.make_source(config, split=test_split)
     for src in (train_src, test_src):
         if src.image_shape[-1] != config.image_channels:
@@ -353,10 +353,10 @@ def evaluate(
     elapsed = time.perf_counter() - t_start
     logs.console(f"\nTop-1 / top-5 test accuracy (%), evaluated in {elapsed:.0f} s:\n{table}")
     if write:
-        _write_atomic(os.path.join(encoder.workdir, "eval.json"), json.dumps(shown, indent=1))
+        logs.write_atomic(os.path.join(encoder.workdir, "eval.json"), json.dumps(shown, indent=1))
         notes = _notes(encoder, train_src, test_src, test_split, num_classes, seed, knn_protocols)
         notes += _finetune_notes(shown, ft_hparams)
-        _write_atomic(
+        logs.write_atomic(
             os.path.join(encoder.workdir, "eval.md"),
             f"{notes}\nTop-1 / top-5 {test_split} accuracy (%):\n\n{table}\n",
         )
@@ -484,22 +484,6 @@ def _earlier_rows(path: str, rows: Sequence[dict], knn_protocols, hp: FinetuneHP
             "other settings"
         )
     return kept
-
-
-def _write_atomic(path: str, text: str) -> None:
-    """Write to a temporary file beside ``path``, then rename it over ``path``: a killed run
-    leaves the old file or the new one, never half of one."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _pick(d: dict, keys: Sequence[str]) -> dict:

@@ -351,7 +351,11 @@ def embed(argv: list[str]) -> int:
             fv.data,
             split=fv.split,
             data_dir=fv.data_dir,
-            image_size=encoder.image_size if is_folder else None,
+            # As the run read its folder (host resize to data_image_size; the encoder resizes
+            # to image_size on the device), so embed's features equal evaluate's.
+            image_size=(encoder.config.data_image_size or encoder.image_size)
+            if is_folder
+            else None,
             **kw,
         )
         if source.image_shape[-1] != channels:

@@ -144,7 +144,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(c.image_channels in (1, 3), "image_channels", c.image_channels, "must be 1 or 3")
     _require(c.num_workers >= 0, "num_workers", c.num_workers, "must be >= 0")
     _require(
-        not c.data_in_memory or c.dataset == "fashion_mnist" or c.dataset.startswith("tfds:"),
+        not c.data_in_memory
+        or c.dataset in ("fashion_mnist", "synthetic")  # synthetic images are made in memory
+        or c.dataset.startswith("tfds:"),
         "data_in_memory",
         c.data_in_memory,
         f"only fashion_mnist and tfds: datasets can be read into memory, not {c.dataset!r}",
@@ -168,4 +170,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(c.model.convnet_grid >= 1, "model.convnet_grid", c.model.convnet_grid, "must be >= 1")
     _require(
         c.model.projector_layers >= 1, "model.projector_layers", c.model.projector_layers, ">= 1"
+    )
+    for name in ("projector_hidden", "projector_dim", "predictor_hidden"):
+        _require(c.model[name] >= 1, f"model.{name}", c.model[name], "must be >= 1")
+    _require(c.model.width > 0, "model.width", c.model.width, "must be > 0")
+    features = tuple(c.model.convnet_features)
+    _require(
+        len(features) > 0 and all(f >= 1 for f in features),
+        "model.convnet_features",
+        features,
+        "must be a non-empty tuple of channel counts >= 1",
+    )
+    _require(
+        c.num_devices is None or c.num_devices >= 1,
+        "num_devices",
+        c.num_devices,
+        "must be None (all devices) or >= 1",
     )

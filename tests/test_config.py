@@ -83,10 +83,34 @@ def test_out_of_range_values_name_the_field(field, value):
         config_lib.validate(c)
 
 
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("model.projector_dim", 0),
+        ("model.projector_hidden", 0),
+        ("model.predictor_hidden", -1),
+        ("model.width", 0),
+        ("model.convnet_features", (32, 0)),
+        ("model.convnet_features", ()),
+        ("num_devices", 0),
+    ],
+)
+def test_model_sizes_and_device_count_are_checked(field, value):
+    c = config_lib.base_config()
+    group, _, leaf = field.rpartition(".")
+    target = c[group] if group else c
+    with target.ignore_type():
+        target[leaf] = value
+    with pytest.raises(ValueError, match=f"config.{field}="):
+        config_lib.validate(c)
+
+
 def test_data_in_memory_only_for_datasets_that_support_it():
     c = config_lib.base_config()
     c.data_in_memory = True
     config_lib.validate(c)  # fashion_mnist: fine
+    c.dataset = "synthetic"
+    config_lib.validate(c)  # made in memory anyway: fine (the Fashion-MNIST recipes set it)
     c.dataset = "folder:/images"
     with pytest.raises(ValueError, match=r"config.data_in_memory.*'folder:/images'"):
         config_lib.validate(c)

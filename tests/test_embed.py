@@ -48,6 +48,35 @@ def test_embed_a_folder_of_images(workdir, tmp_path, capsys):
     ]
 
 
+def test_embed_reads_a_folder_at_the_runs_data_image_size(workdir, tmp_path):
+    """A run that read its folder at data_image_size=20 (and resized to 16 on the device): embed
+    prepares the images the same way, so its features are evaluate's, not those of a direct
+    resize to 16."""
+    import json
+    import shutil
+
+    from ssl_jax.data.sources import resize_center_crop
+
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run)
+    config = json.loads((run / "config.json").read_text())
+    config["data_image_size"] = 20
+    (run / "config.json").write_text(json.dumps(config))
+    images = np.random.default_rng(1).integers(0, 256, (3, 24, 24, 1), dtype=np.uint8)
+    for i, image in enumerate(images):
+        (tmp_path / "imgs" / "a").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[..., 0], "L").save(tmp_path / "imgs" / "a" / f"{i}.png")
+    out = tmp_path / "f.npy"
+    args = ["embed", "--workdir", str(run), "--data", f"folder:{tmp_path / 'imgs'}", "--out"]
+    assert cli.main([*args, str(out)]) == 0
+    encoder = load_encoder(str(run))
+    at_20 = np.stack([resize_center_crop(im, 20) for im in images])
+    direct = np.stack([resize_center_crop(im, 16) for im in images])
+    expected, other = np.asarray(encoder(at_20)), np.asarray(encoder(direct))
+    np.testing.assert_allclose(np.load(out), expected, rtol=1e-5, atol=1e-5)
+    assert np.abs(expected - other).max() > 1e-3  # the two preparations really differ
+
+
 def save_images(root, names, seed=0):
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (len(names), 16, 16), dtype=np.uint8)

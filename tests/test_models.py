@@ -499,7 +499,9 @@ WINOGRAD_CASES = [
 
 
 @pytest.mark.parametrize("x_shape, k_shape, stride, padding, dtype, expect", WINOGRAD_CASES)
-def test_winograd_applies_where_it_should(x_shape, k_shape, stride, padding, dtype, expect):
+def test_winograd_applies_where_it_should(
+    monkeypatch, x_shape, k_shape, stride, padding, dtype, expect
+):
     """Winograd for 3x3 stride-1 'same' float32 convolutions with enough channels and even sides,
     im2col for the rest ('auto' picks the same on CPU); each is still the right convolution."""
     assert jax.default_backend() == "cpu"
@@ -510,10 +512,18 @@ def test_winograd_applies_where_it_should(x_shape, k_shape, stride, padding, dty
     def grads(impl):
         return jax.jit(jax.grad(lambda a, b: jnp.sum(impl(a, b, **kw) ** 2), (0, 1)))
 
-    for impl in (winograd_conv_general_dilated, conv_module.auto_conv_general_dilated):
+    def uses_winograd(impl):
         text = grads(impl).lower(x, k).as_text()
-        assert ("batching_dims" in text) == expect  # Winograd's 16 batched products
-        assert "convolution" not in text  # otherwise im2col
+        assert "convolution" not in text  # Winograd or im2col
+        return "batching_dims" in text  # Winograd's 16 batched products
+
+    assert uses_winograd(winograd_conv_general_dilated) == expect
+    # 'auto' on CPU: the same on one device; im2col with several (the tests run with 8), where
+    # Winograd's weight gradient would be all-reduced in its 16-tap basis.
+    assert jax.device_count() > 1 and not uses_winograd(conv_module.auto_conv_general_dilated)
+    with monkeypatch.context() as m:
+        m.setattr(conv_module.jax, "device_count", lambda: 1)
+        assert uses_winograd(conv_module.auto_conv_general_dilated) == expect
     tol = 1e-4 if dtype == jnp.float32 else 0.1
     got, ref = grads(winograd_conv_general_dilated)(x, k), grads(lax.conv_general_dilated)(x, k)
     for a, b in zip(got, ref, strict=True):

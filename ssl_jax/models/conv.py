@@ -8,9 +8,10 @@ matmul, both gradients become large matmuls plus cheap slicing / padding, which 
 twice as fast. For the 3x3 stride-1 convolutions of a ResNet's body, Winograd's algorithm
 (:func:`winograd_conv_general_dilated`) needs 16 multiplications per 2x2 outputs instead of 36 and
 was 1.25-1.7x faster again per convolution (forward + backward; the ResNet-18 SimCLR step from
-0.86x to 1.09x of PyTorch eager on one core, benchmarks/RESULTS.md). On GPU the library
-convolution (cuDNN) is the right choice, so ``conv_impl='auto'`` picks Winograd / im2col only when
-the default backend is CPU.
+0.86x to 1.09x of PyTorch eager on one core, benchmarks/RESULTS.md). ``conv_impl='auto'`` uses
+it on a single CPU device only: with the batch sharded over several, its weight gradient would be
+all-reduced in the Winograd basis (16/9 of the bytes). On GPU the library convolution (cuDNN) is
+the right choice, so ``'auto'`` picks Winograd / im2col only when the default backend is CPU.
 
 Both are ``jax.custom_vjp`` functions (said here of :func:`im2col_conv_general_dilated`): evaluated
 without differentiation (inference, feature extraction) it runs the XLA convolution, which
@@ -470,12 +471,19 @@ def auto_conv_general_dilated(
     lhs: jax.Array, rhs: jax.Array, *args: Any, **kwargs: Any
 ) -> jax.Array:
     """On the CPU backend :func:`winograd_conv_general_dilated` (Winograd for the 3x3 stride-1
-    convolutions it applies to, im2col for the others), the XLA convolution elsewhere; decided at
+    convolutions it applies to, im2col for the others) when JAX has one device, else
+    :func:`im2col_conv_general_dilated`; the XLA convolution on other backends. Decided at
     trace time. On GPU a channels-last convolution over fewer than ``GPU_MIN_IN_CHANNELS`` input
     channels is computed with its channels zero-padded to that (see :func:`pad_in_channels`)."""
     backend = jax.default_backend()
     if backend == "cpu":
-        return winograd_conv_general_dilated(lhs, rhs, *args, **kwargs)
+        # Winograd's weight gradient is a sum over the batch in its own 16-tap basis: with the
+        # batch sharded over several devices XLA all-reduces it there, [16, C_in, C_out] instead
+        # of the kernel's [3, 3, C_in, C_out] (16/9 of the bytes, in a shape that is no
+        # parameter's). So with more than one device 'auto' keeps im2col.
+        if jax.device_count() == 1:
+            return winograd_conv_general_dilated(lhs, rhs, *args, **kwargs)
+        return im2col_conv_general_dilated(lhs, rhs, *args, **kwargs)
     if (
         backend == "gpu"
         and _pad_for_gpu[-1]

@@ -105,6 +105,18 @@ class Checkpointer:
         self.manager.close()
 
 
+def checkpoint_id(directory: str, step: int) -> int | None:
+    """An identity of the checkpoint ``directory/<step>``: the time (ns) Orbax began writing it,
+    from its ``_CHECKPOINT_METADATA``. A run deleted and trained again to the same step gets
+    another id; None if the file is missing or unreadable."""
+    try:
+        with open(os.path.join(directory, str(step), "_CHECKPOINT_METADATA")) as f:
+            value = json.load(f).get("init_timestamp_nsecs")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) else None
+
+
 def tree_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     """``{'params/encoder/convs/0/kernel/value': shape, ...}`` for the arrays of a pytree (a
     train state, its abstract shapes, or Orbax's metadata of a saved one)."""

@@ -363,6 +363,18 @@ def test_eval_json_keeps_the_earlier_rows_of_the_same_checkpoint_seed_and_split(
     assert "dropped 1 rows" in capsys.readouterr().out
     evaluate(result.workdir, representations=("raw_pixels",), protocols=("linear",), **kw_t)
     assert saved() == [("raw_pixels", "linear", 0), ("ssl", "knn", 0), ("ssl", "knn_k20", 0)]
+    # ...and rows of another checkpoint of the same step (the run deleted and trained again)...
+    rows_now = json.load(open(eval_json))
+    assert len({r["checkpoint_id"] for r in rows_now}) == 1
+    assert isinstance(rows_now[0]["checkpoint_id"], int)
+    with open(eval_json, "w") as fh:
+        json.dump([dict(r, checkpoint_id=r["checkpoint_id"] + 1) for r in rows_now], fh)
+    capsys.readouterr()
+    evaluate(result.workdir, representations=("ssl",), protocols=("knn",), **kw_t)
+    assert saved() == [("ssl", "knn", 0), ("ssl", "knn_k20", 0)]
+    assert "dropped 3 rows" in capsys.readouterr().out
+    evaluate(result.workdir, representations=("raw_pixels",), protocols=("linear",), **kw_t)
+    assert saved() == [("raw_pixels", "linear", 0), ("ssl", "knn", 0), ("ssl", "knn_k20", 0)]
     # ...as are rows of another seed (another experiment), malformed ones and old-format ones.
     rows_now = json.load(open(eval_json))
     old = dict(next(r for r in rows_now if r["protocol"] == "linear"))

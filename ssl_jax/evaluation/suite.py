@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ssl_jax import logs, train
+from ssl_jax.checkpoint import checkpoint_id
 from ssl_jax.evaluation.features import (
     extract_features,
     load_encoder,
@@ -165,7 +166,8 @@ def evaluate(
     Returns:
       This call's rows, one dict per (representation, protocol, label fraction):
       representation, protocol, label_fraction, n_labels, top1, top5 (None when there are <= 5
-      classes), seed, step, test_split, and k and temperature (kNN), l2 (the final fit's),
+      classes), seed, step, checkpoint_id (see :func:`ssl_jax.checkpoint.checkpoint_id`),
+      test_split, and k and temperature (kNN), l2 (the final fit's),
       l2_selected (the grid value chosen), select_by, val_top1, val_ce and n_val (linear), or
       steps, batch_size, lr, encoder_lr and train_loss (finetune). Accuracies are in [0, 1].
     """
@@ -253,6 +255,8 @@ def evaluate(
     )
     rows: list[dict] = []
 
+    ckpt_id = checkpoint_id(os.path.join(encoder.workdir, "checkpoints"), encoder.step)
+
     def common(name: str, f: float) -> dict:
         return dict(
             representation=name,
@@ -260,6 +264,7 @@ def evaluate(
             n_labels=int(len(subsets[f])),
             seed=seed,
             step=encoder.step,
+            checkpoint_id=ckpt_id,
             test_split=test_split,
         )
 
@@ -441,7 +446,8 @@ def _same_settings(row: dict, knn_protocols, hp: FinetuneHParams) -> bool:
 
 def _earlier_rows(path: str, rows: Sequence[dict], knn_protocols, hp: FinetuneHParams) -> list:
     """The rows of an existing ``eval.json`` to keep next to ``rows``: those of the same
-    checkpoint step, seed and test split (so the same labelled subsets and test images), made
+    checkpoint (step and ``checkpoint_id``: a run deleted and trained again to the same step is
+    another checkpoint), seed and test split (so the same labelled subsets and test images), made
     with the same settings (:func:`_same_settings`), whose (representation, protocol, label
     fraction) ``rows`` does not redo. The others describe another experiment and are dropped,
     with a message; so is a malformed row, and a file that is not a JSON list of rows is set
@@ -460,7 +466,7 @@ def _earlier_rows(path: str, rows: Sequence[dict], knn_protocols, hp: FinetuneHP
             "from this run's rows"
         )
         return []
-    same = {k: rows[0][k] for k in ("step", "seed", "test_split")}
+    same = {k: rows[0][k] for k in ("step", "checkpoint_id", "seed", "test_split")}
     redone = {_row_key(r) for r in rows}
     kept, dropped = [], 0
     for r in earlier:
@@ -500,6 +506,7 @@ _ROW_ORDER = (
     "top5",
     "seed",
     "step",
+    "checkpoint_id",
     "test_split",
     "k",
     "temperature",

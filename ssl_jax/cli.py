@@ -121,8 +121,14 @@ def pretrain(argv: list[str]) -> int:
     argv = ["ssl-jax pretrain", *argv]
     fv = _pretrain_flags(argv)
     if "--help" in argv or "-h" in argv:
+        from ssl_jax.config import describe_fields
+
         print("usage: ssl-jax pretrain --config FILE --workdir DIR [--config.FIELD=VALUE ...]\n")
         print(fv.module_help(__name__))
+        print(
+            "\nconfig fields, each settable as --config.FIELD=VALUE (the defaults of "
+            "ssl_jax/config.py; a recipe changes some):\n" + describe_fields()
+        )
         return 0
     config = _parse(fv, argv)
     if config is None or fv.workdir is None:

@@ -42,7 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.num_devices = config_dict.placeholder(int)  # None: all devices
     c.eval_at_end = True  # `ssl-jax pretrain` runs `ssl-jax evaluate` when training ends
-    # ... fine-tuning at these label fractions (None: evaluate's default, 1% and 10%)
+    # the label fractions that evaluation at the end fine-tunes at (None: 1% and 10%)
     c.eval_finetune_fractions = config_dict.placeholder(tuple)
 
     # Augmentation: a preset of ssl_jax.augment.get_views.
@@ -94,6 +94,36 @@ def field_names(config: ml_collections.ConfigDict, prefix: str = "") -> list[str
         else:
             names.append(prefix + key)
     return names
+
+
+def describe_fields() -> str:
+    """One line per field of :func:`base_config`: ``name = default  # what it is``, the comment
+    taken from the one beside (or the comment lines just above) its assignment in this file."""
+    import inspect
+    import re
+
+    comments: dict[str, str] = {}
+    above: list[str] = []
+    for line in inspect.getsource(base_config).splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("# ").strip())
+            continue
+        match = re.match(r"c\.([\w.]+) = .*?(?:  # (.*))?$", stripped)
+        if match and not match.group(1).endswith("model"):
+            text = match.group(2) or " ".join(above)
+            if text:
+                comments[match.group(1)] = text
+        above = []
+    config = base_config()
+    lines = []
+    for name in field_names(config):
+        value = config
+        for part in name.split("."):
+            value = value[part]
+        comment = comments.get(name)
+        lines.append(f"  {name} = {value!r}" + (f"  # {comment}" if comment else ""))
+    return "\n".join(lines)
 
 
 def closest_field(path: str) -> str | None:

@@ -26,6 +26,19 @@ def test_usage(capsys):
         assert "--workdir" in capsys.readouterr().out
 
 
+def test_pretrain_help_lists_every_config_field_with_its_default(capsys):
+    from ssl_jax.config import base_config, field_names
+
+    assert cli.main(["pretrain", "--help"]) == 0
+    out = capsys.readouterr().out
+    listed = [line.split(" = ")[0].strip() for line in out.splitlines() if " = " in line]
+    assert sorted(listed) == sorted(field_names(base_config()))
+    # The default and the comment beside the field (or just above it) in ssl_jax/config.py.
+    assert "  batch_size = 256  # GLOBAL batch over all devices and processes" in out
+    assert "  model.conv_impl = 'auto'  # auto (winograd on CPU" in out
+    assert "  total_steps = 1000\n" in out
+
+
 def _pretrain_error(args) -> str:
     with pytest.raises(SystemExit) as info:
         cli.main(["pretrain", *args])

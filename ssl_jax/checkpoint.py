@@ -56,6 +56,10 @@ class Checkpointer:
             ),
         )
 
+    def all_steps(self) -> list[int]:
+        """The steps of the complete checkpoints, ascending."""
+        return sorted(self.manager.all_steps())
+
     def latest_step(self) -> int | None:
         """The step of the newest complete checkpoint, or None."""
         return self.manager.latest_step()

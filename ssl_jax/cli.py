@@ -437,13 +437,17 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"ssl-jax: {e}") from None
     try:
         return COMMANDS[command](rest)
-    except KeyboardInterrupt:
-        # The training loop has closed the checkpointer on the way out (saves in flight are on
-        # disk); what was trained since the last checkpoint is lost.
-        msg = "ssl-jax: interrupted."
+    except KeyboardInterrupt as e:
+        # A first Ctrl-C in pretraining saves a checkpoint of the last completed step
+        # (train.TrainingInterrupted); a second one stops at once, from the last checkpoint.
+        step = getattr(e, "step", None)
+        msg = "ssl-jax: interrupted"
+        if step is not None:
+            msg += f" after step {step}, which is checkpointed"
         if command == "pretrain":
-            msg += " Run the same command again to resume from the last checkpoint."
-        print(msg, file=sys.stderr)
+            msg += ". Run the same command again to resume"
+            msg += "." if step is not None else " from the last checkpoint."
+        print(msg if msg.endswith(".") else msg + ".", file=sys.stderr)
         return 130
 
 

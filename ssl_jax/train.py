@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -26,6 +27,41 @@ from ssl_jax.methods import get_method
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or Inf; the run stopped without saving the bad state."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped the run between two steps, after a checkpoint of the last
+    completed step was saved (``step``); the same command resumes from it."""
+
+    def __init__(self, step: int):
+        super().__init__(f"interrupted after step {step}; checkpoint saved")
+        self.step = step
+
+
+class _StopOnSigint:
+    """While installed, the first SIGINT only sets ``requested`` (the loop then saves and stops
+    between steps); a second one interrupts at once. Active only in the main thread of a
+    single-process run: with several processes a save is collective, and one process's Ctrl-C
+    must not make it save alone."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logs.console("\nCtrl-C: saving a checkpoint after this step (Ctrl-C again to stop now)")
+
+    def install(self) -> None:
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 @dataclasses.dataclass
@@ -220,14 +256,27 @@ def train(config, workdir: str) -> TrainResult:
             )
 
     # Fault injection for the resume tests: die by SIGKILL before this step, once every
-    # checkpoint in flight is on disk ("killed after a checkpoint").
+    # checkpoint in flight is on disk ("killed after a checkpoint"); or send this process a
+    # SIGINT (Ctrl-C) before that step.
     kill_at = int(os.environ.get("SSL_JAX_SIMULATE_KILL_AT_STEP", "0"))
+    sigint_at = int(os.environ.get("SSL_JAX_SIMULATE_SIGINT_AT_STEP", "0"))
+    saved_step = start_step  # the newest step with a checkpoint (saved or in flight)
 
+    stop = _StopOnSigint()
     try:
+        stop.install()
         for step in range(start_step + 1, config.total_steps + 1):
             if step == kill_at:
                 ckpt.wait()
                 os.kill(os.getpid(), signal.SIGKILL)
+            if step == sigint_at:
+                os.kill(os.getpid(), signal.SIGINT)
+            if stop.requested:
+                check_finite()
+                if saved_step != step - 1:
+                    ckpt.save(step - 1, state, iterator.get_state())
+                ckpt.wait()
+                raise TrainingInterrupted(step - 1)
             batch = next(iterator)
             images = parallel.shard_batch({"image": batch["image"]}, mesh)
             state, metrics = step_fn(state, images, key)
@@ -274,8 +323,12 @@ def train(config, workdir: str) -> TrainResult:
             if (config.checkpoint_every and step % config.checkpoint_every == 0) or last:
                 check_finite()
                 ckpt.save(step, state, iterator.get_state())
+                saved_step = step
         ckpt.wait()
+        if stop.requested:  # during the last step: trained and saved, but stop here
+            raise TrainingInterrupted(saved_step)
     finally:
+        stop.uninstall()
         ckpt.close()
         if is_main:
             writer.close()

@@ -173,3 +173,35 @@ def test_pretrain_then_evaluate(tmp_path, capsys):
     }
     assert {r["label_fraction"] for r in rows if r["protocol"] == "finetune"} == {0.1}
     assert "| ssl | linear |" in capsys.readouterr().out
+
+
+def test_ctrl_c_saves_the_last_step_and_the_run_resumes_exactly(tmp_path, monkeypatch, capsys):
+    """A first Ctrl-C (SIGINT, sent by the run itself before step 7) lets step 6 finish, saves
+    its checkpoint although checkpoint_every=4, and exits 130 with a message; the same command
+    then resumes at step 6 and logs the uninterrupted run's losses."""
+    import signal
+
+    from ssl_jax.checkpoint import Checkpointer
+    from ssl_jax.train import train
+
+    config = tiny_config(total_steps=8, checkpoint_every=4, log_every=1)
+    train(config, str(tmp_path / "ref"))
+    handler = signal.getsignal(signal.SIGINT)
+    args = ["pretrain", "--config", RECIPE, "--workdir", str(tmp_path / "run")]
+    args += config_flags_for(config)
+    monkeypatch.setenv("SSL_JAX_SIMULATE_SIGINT_AT_STEP", "7")
+    assert cli.main(args) == 130
+    captured = capsys.readouterr()
+    assert "Ctrl-C: saving a checkpoint after this step" in captured.out
+    assert "interrupted after step 6, which is checkpointed" in captured.err
+    assert signal.getsignal(signal.SIGINT) is handler  # the run's handler is gone
+    ckpt = Checkpointer(str(tmp_path / "run" / "checkpoints"))
+    assert ckpt.all_steps() == [4, 6]
+    ckpt.close()
+    monkeypatch.delenv("SSL_JAX_SIMULATE_SIGINT_AT_STEP")
+    assert cli.main(args) == 0
+    assert "at step 6" in capsys.readouterr().out
+    expected = {r["step"]: r["loss"] for r in logs.read_metrics(str(tmp_path / "ref"))}
+    records = logs.read_metrics(str(tmp_path / "run"))
+    assert [r["step"] for r in records] == list(range(1, 9))
+    assert all(r["loss"] == expected[r["step"]] for r in records)

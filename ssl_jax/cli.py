@@ -311,7 +311,9 @@ def _embed_flags() -> flags.FlagValues:
     )
     flags.DEFINE_string("out", None, "Output .npy file: float32 features [N, F].", flag_values=fv)
     flags.DEFINE_string("split", "train", "Split of the data source.", flag_values=fv)
-    flags.DEFINE_string("data_dir", None, "TFDS data dir (tfds: sources).", flag_values=fv)
+    flags.DEFINE_string(
+        "data_dir", None, "TFDS data dir (tfds: sources; default: the run's).", flag_values=fv
+    )
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=fv)
     flags.DEFINE_integer("batch_size", 512, "Images per batch.", flag_values=fv)
     flags.DEFINE_bool(
@@ -356,7 +358,7 @@ def embed(argv: list[str]) -> int:
         source = data.get_source(
             fv.data,
             split=fv.split,
-            data_dir=fv.data_dir,
+            data_dir=fv.data_dir or encoder.config.data_dir,  # default: where the run read
             # As the run read its folder (host resize to data_image_size; the encoder resizes
             # to image_size on the device), so embed's features equal evaluate's.
             image_size=(encoder.config.data_image_size or encoder.image_size)

@@ -220,3 +220,28 @@ def test_load_encoder_step_is_an_int_or_its_string(workdir):
     for step in ("two", 2.0, True):
         with pytest.raises(TypeError, match=r"step must be an int checkpoint step"):
             load_encoder(workdir, step=step)
+
+
+def test_embed_reads_from_the_runs_data_dir_unless_told(workdir, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from ssl_jax import data
+
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run)
+    config = json.loads((run / "config.json").read_text())
+    config["data_dir"] = str(tmp_path / "the_runs_tfds")
+    (run / "config.json").write_text(json.dumps(config))
+    seen = []
+    real = data.get_source
+
+    def spy(spec, **kw):
+        seen.append(kw["data_dir"])
+        return real(spec, **kw)
+
+    monkeypatch.setattr(data, "get_source", spy)
+    args = ["embed", "--workdir", str(run), "--data", "synthetic", "--out", str(tmp_path / "f")]
+    assert cli.main(args) == 0
+    assert cli.main([*args, "--data_dir", str(tmp_path / "other")]) == 0
+    assert seen == [str(tmp_path / "the_runs_tfds"), str(tmp_path / "other")]

@@ -318,9 +318,12 @@ def winograd_conv_general_dilated(
     other convolution goes to :func:`im2col_conv_general_dilated` (which itself falls back to lax
     for what it does not handle). As there, the undifferentiated value is the XLA convolution's;
     under ``jax.grad`` / ``jax.vjp`` the forward computes the transformed input (kept for the
-    backward pass: 4 values per input pixel, against im2col's 9) and 16 batched matmuls, and the
-    backward pass is 32 more batched matmuls and the transposed transforms. Forward-mode
-    differentiation is not supported through it.
+    backward pass: 4 values per input pixel, against im2col's 9) and one product batched over
+    the 16 tile positions, and the backward pass two more and the transposed transforms.
+    Forward-mode differentiation is not supported through it. With the batch sharded over
+    several devices, XLA all-reduces its weight gradient in the Winograd basis
+    (``[16, C_in, C_out]``, 16/9 of the kernel's bytes): ``conv_impl='auto'`` therefore uses it
+    on a single device only.
 
     Args and returns: as :func:`im2col_conv_general_dilated`.
     """

@@ -347,6 +347,7 @@ def embed(argv: list[str]) -> int:
     stem = out[: -len(".npy")]
     is_folder = fv.data.startswith("folder:")
     skipped: list[str] = []
+    listing = ""
     try:
         encoder = load_encoder(fv.workdir, step=fv.step)
         channels = int(encoder.config.image_channels)
@@ -410,11 +411,7 @@ def embed(argv: list[str]) -> int:
         f"(step {encoder.step}): " + ", ".join(written)
     )
     if skipped:
-        logs.console(
-            f"left out {len(skipped)} unreadable image file(s): "
-            + ", ".join(skipped[:10])
-            + (", ..." if len(skipped) > 10 else "")
-        )
+        logs.console(f"left out {len(skipped)} unreadable image file(s): {listing}")
     return 0
 
 
@@ -443,13 +440,14 @@ def main(argv: list[str] | None = None) -> int:
         # A first Ctrl-C in pretraining saves a checkpoint of the last completed step
         # (train.TrainingInterrupted); a second one stops at once, from the last checkpoint.
         step = getattr(e, "step", None)
-        msg = "ssl-jax: interrupted"
         if step is not None:
-            msg += f" after step {step}, which is checkpointed"
-        if command == "pretrain":
-            msg += ". Run the same command again to resume"
-            msg += "." if step is not None else " from the last checkpoint."
-        print(msg if msg.endswith(".") else msg + ".", file=sys.stderr)
+            msg = f"interrupted after step {step}, which is checkpointed. Run the same command "
+            msg += "again to resume."
+        elif command == "pretrain":
+            msg = "interrupted. Run the same command again to resume from the last checkpoint."
+        else:
+            msg = "interrupted."
+        print(f"ssl-jax: {msg}", file=sys.stderr)
         return 130
 
 

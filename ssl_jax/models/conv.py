@@ -99,14 +99,11 @@ def im2col_conv_general_dilated(
       ``[N, *out_spatial, C_out]``, equal to the XLA convolution up to float rounding.
     """
 
-    args = (
+    args = _ConvArgs(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
         feature_group_count, batch_group_count, precision, preferred_element_type, out_sharding,
     )  # fmt: skip
-    config = _im2col_config(*args)
-    if config is None:
-        return _lax_conv(*args)
-    return _conv_im2col_vjp(lhs, rhs, config)
+    return _convolve(args, winograd=False)
 
 
 class _Im2colConfig(NamedTuple):
@@ -117,54 +114,40 @@ class _Im2colConfig(NamedTuple):
     preferred_element_type: Any
 
 
-def _lax_conv(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation,
-    rhs_dilation,
-    dimension_numbers,
-    feature_group_count,
-    batch_group_count,
-    precision,
-    preferred_element_type,
-    out_sharding,
-) -> jax.Array:
-    kwargs = {}
-    if out_sharding is not None:
-        kwargs["out_sharding"] = out_sharding
-    return lax.conv_general_dilated(
-        lhs,
-        rhs,
-        window_strides,
-        padding,
-        lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-        **kwargs,
-    )
+class _ConvArgs(NamedTuple):
+    """The arguments of :func:`jax.lax.conv_general_dilated`, by its parameter names."""
+
+    lhs: jax.Array
+    rhs: jax.Array
+    window_strides: Sequence[int]
+    padding: str | Sequence[tuple[int, int]]
+    lhs_dilation: Sequence[int] | None
+    rhs_dilation: Sequence[int] | None
+    dimension_numbers: Any
+    feature_group_count: int
+    batch_group_count: int
+    precision: Any
+    preferred_element_type: Any
+    out_sharding: Any
 
 
-def _im2col_config(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation,
-    rhs_dilation,
-    dimension_numbers,
-    feature_group_count,
-    batch_group_count,
-    precision,
-    preferred_element_type,
-    out_sharding,
-) -> _Im2colConfig | None:
+def _convolve(args: _ConvArgs, *, winograd: bool) -> jax.Array:
+    """Winograd where it applies (if ``winograd``), im2col where it does not, and lax's own
+    convolution for what im2col does not handle."""
+    config = _im2col_config(args)
+    if config is None:
+        kwargs = args._asdict()
+        if kwargs["out_sharding"] is None:
+            del kwargs["out_sharding"]
+        return lax.conv_general_dilated(**kwargs)
+    if winograd and _winograd_applies(args.lhs, args.rhs, config):
+        return _conv_winograd_vjp(args.lhs, args.rhs, config)
+    return _conv_im2col_vjp(args.lhs, args.rhs, config)
+
+
+def _im2col_config(args: _ConvArgs) -> _Im2colConfig | None:
     """The normalised arguments of a convolution im2col handles, or None (use lax's)."""
+    lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers = args[:7]
     nsp = lhs.ndim - 2
     if rhs.ndim != lhs.ndim or nsp < 1:
         return None
@@ -177,9 +160,9 @@ def _im2col_config(
     lhs_dil = tuple(lhs_dilation) if lhs_dilation is not None else (1,) * nsp
     rhs_dil = tuple(rhs_dilation) if rhs_dilation is not None else (1,) * nsp
     if (
-        feature_group_count != 1
-        or batch_group_count != 1
-        or out_sharding is not None
+        args.feature_group_count != 1
+        or args.batch_group_count != 1
+        or args.out_sharding is not None
         or any(d != 1 for d in lhs_dil)
     ):
         return None
@@ -202,8 +185,8 @@ def _im2col_config(
         strides=strides,
         pads=tuple((int(lo), int(hi)) for lo, hi in pads),
         rhs_dilation=rhs_dil,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
+        precision=args.precision,
+        preferred_element_type=args.preferred_element_type,
     )
 
 
@@ -327,16 +310,11 @@ def winograd_conv_general_dilated(
 
     Args and returns: as :func:`im2col_conv_general_dilated`.
     """
-    args = (
+    args = _ConvArgs(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
         feature_group_count, batch_group_count, precision, preferred_element_type, out_sharding,
     )  # fmt: skip
-    config = _im2col_config(*args)
-    if config is None:
-        return _lax_conv(*args)
-    if not _winograd_applies(lhs, rhs, config):
-        return _conv_im2col_vjp(lhs, rhs, config)
-    return _conv_winograd_vjp(lhs, rhs, config)
+    return _convolve(args, winograd=True)
 
 
 def _winograd_applies(lhs: jax.Array, rhs: jax.Array, cfg: _Im2colConfig) -> bool:

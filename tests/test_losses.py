@@ -603,8 +603,18 @@ def test_streamed_memory_is_bounded(mesh):
 
 def test_docstring_examples():
     import doctest
+    import importlib
+    import pkgutil
 
     import ssl_jax.losses
 
-    result = doctest.testmod(ssl_jax.losses, optionflags=doctest.ELLIPSIS)
-    assert result.attempted >= 3 and result.failed == 0
+    # testmod only collects the objects a module defines, not those it re-exports: walk the
+    # package so that every family module (and any added later) is run.
+    names = [ssl_jax.losses.__name__]
+    names += [m.name for m in pkgutil.walk_packages(ssl_jax.losses.__path__, "ssl_jax.losses.")]
+    attempted = 0
+    for name in names:
+        result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, name
+        attempted += result.attempted
+    assert attempted >= 3

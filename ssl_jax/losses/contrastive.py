@@ -1,38 +1,21 @@
-"""Self-supervised losses: pure functions of embeddings.
+"""Contrastive losses: every embedding of the batch is scored against all the others.
 
-Every loss takes the embeddings of the whole batch under plain ``jax.jit`` (a batch sharded over a
-mesh included: XLA inserts the collectives). Inside ``jax.shard_map`` or ``jax.pmap`` each device
-passes its LOCAL rows together with ``axis_name=``; the value, identical on every device, and the
-gradients are then those of the loss over the global batch: each device scores only its own rows
-(against candidates gathered across the axis), and the local sums are ``psum``-ed and divided by
-the global count, so every term is differentiated once, on the device that owns it.
+:func:`nt_xent` (SimCLR) and its training metric :func:`contrastive_accuracy`, directly or streamed
+over column blocks of candidates (the exact streamed NT-Xent, with a custom VJP).
 
-Gradients taken inside the mapped function follow the mapping's convention for ``psum``:
-
-* ``jax.shard_map`` (default ``check_vma=True``): the gradient w.r.t. the local rows IS the
-  gradient of the global loss w.r.t. those rows, and w.r.t. replicated parameters it is the full
-  gradient, already reduced; no ``pmean`` is needed.
-* ``jax.pmap`` (and ``shard_map(..., check_vma=False)``): the transpose of ``psum`` sums the
-  cotangents of all devices, so the local gradient is ``axis_size`` times the global one; the usual
-  recipe, ``jax.lax.pmean`` of the parameter gradients, gives exactly the global gradient.
-
-Inputs of any floating dtype are computed in at least float32 (bfloat16 is cast up before any
-arithmetic), so the result is float32 for bfloat16/float16/float32 inputs and float64 for float64.
-
-Memory of the contrastive losses. :func:`nt_xent` and :func:`contrastive_accuracy` score each
-anchor against all ``2N`` embeddings. By default (``block_size=None``) the ``[2n, 2N]`` logits of
-the local anchors are formed at once: fastest for the batches of a few thousand that SimCLR uses,
-but quadratic in the batch (``2N = 131,072`` would need 68.7 GB for the full matrix, 8.6 GB per
-device on 8 devices). With ``block_size=B`` the candidates are streamed in column blocks of ``B``
-with an online logsumexp (the FlashAttention recurrence; Milakov & Gimelshein 2018, Dao et al.
-2022), and the gradient of :func:`nt_xent` comes from a custom VJP that streams the blocks again,
-so neither pass holds more than a ``[2n, B]`` block: per device, O(n B + N D) memory instead of
-O(n N). The result is the same function (exact up to float rounding), for any ``B`` (the last
-block is padded and masked). Under plain ``jit`` on a batch-sharded array, XLA's SPMD partitioner
-keeps the anchor rows sharded through the streaming loop (checked on the compiled HLO: one
-all-gather of the embeddings, one of two scalars per anchor, no collective inside the loop), so
-the blocked path is row-blocked per device without ``shard_map``; with ``axis_name`` it is the
-same computation, written per device.
+Memory. Both score each anchor against all ``2N`` embeddings. By default (``block_size=None``)
+the ``[2n, 2N]`` logits of the local anchors are formed at once: fastest for the batches of a few
+thousand that SimCLR uses, but quadratic in the batch (``2N = 131,072`` would need 68.7 GB for
+the full matrix, 8.6 GB per device on 8 devices). With ``block_size=B`` the candidates are streamed
+in column blocks of ``B`` with an online logsumexp (the FlashAttention recurrence; Milakov &
+Gimelshein 2018, Dao et al. 2022), and the gradient of :func:`nt_xent` comes from a custom VJP that
+streams the blocks again, so neither pass holds more than a ``[2n, B]`` block: per device,
+O(n B + N D) memory instead of O(n N). The result is the same function (exact up to float
+rounding), for any ``B`` (the last block is padded and masked). Under plain ``jit`` on a
+batch-sharded array, XLA's SPMD partitioner keeps the anchor rows sharded through the streaming
+loop (checked on the compiled HLO: one all-gather of the embeddings, one of two scalars per
+anchor, no collective inside the loop), so the blocked path is row-blocked per device without
+``shard_map``; with ``axis_name`` it is the same computation, written per device.
 """
 
 from __future__ import annotations
@@ -42,53 +25,23 @@ from collections.abc import Hashable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
-__all__ = ["byol_loss", "contrastive_accuracy", "nt_xent"]
+from ssl_jax.losses._batch import (
+    _as_float,
+    _check_pair,
+    _check_temperature,
+    _gather_rows,
+    _global_mean,
+    _global_size,
+    _l2_normalize,
+)
 
-# Floor on the L2 norm: a zero embedding normalises to zero (cosine 0 with everything) with a finite
-# gradient instead of 0/0. Real projections have norms many orders of magnitude above it.
-_NORM_EPS = 1e-6
+__all__ = ["contrastive_accuracy", "nt_xent"]
 
 # HIGHEST for the similarity matmuls: with temperature 0.1 a TF32/bf16-pass matmul error of 1e-3 in
 # a cosine becomes 1e-2 in a logit; the [2n, D] x [D, 2N] product is negligible next to the encoder.
 _PRECISION = jax.lax.Precision.HIGHEST
-
-
-def _check_pair(a: jax.Array, b: jax.Array, names: tuple[str, str]) -> None:
-    """Raise ValueError unless a and b are non-empty [N, D] arrays of one shape (static checks)."""
-    for x, name in zip((a, b), names, strict=True):
-        if x.ndim != 2:
-            raise ValueError(
-                f"{name} must be 2-D with shape [N, D] (batch, embedding dim); "
-                f"got {x.ndim}-D shape {x.shape} (jax.vmap over a leading axis of problems)."
-            )
-    if a.shape != b.shape:
-        raise ValueError(
-            f"{names[0]} and {names[1]} must have the same shape [N, D]; "
-            f"got {names[0]}: {a.shape} and {names[1]}: {b.shape}."
-        )
-    if a.shape[0] < 1 or a.shape[1] < 1:
-        raise ValueError(
-            f"{names[0]} and {names[1]} must have at least one row and one column; got {a.shape}."
-        )
-
-
-def _check_temperature(temperature: ArrayLike) -> None:
-    # The rank and dtype are static, so they are checked even when the temperature is traced.
-    if np.ndim(temperature) != 0:
-        raise ValueError(
-            f"temperature must be a scalar; got shape {np.shape(temperature)} "
-            "(jax.vmap over the temperatures to compare several)."
-        )
-    if np.iscomplexobj(temperature):
-        raise ValueError(f"temperature must be a real number; got {temperature!r}.")
-    # A traced temperature (e.g. a scheduled value passed into jit) cannot be checked at trace time.
-    if isinstance(temperature, jax.core.Tracer):
-        return
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0; got {temperature}.")
 
 
 def _check_block_size(block_size: int | None, fn: str) -> None:
@@ -109,27 +62,6 @@ def _check_block_size(block_size: int | None, fn: str) -> None:
         )
 
 
-def _as_float(x: ArrayLike, name: str) -> jax.Array:
-    x = jnp.asarray(x)
-    if jnp.issubdtype(x.dtype, jnp.complexfloating):
-        # promote_types keeps complex, and the "loss" would be a complex number.
-        raise ValueError(f"{name} must be real (a float or int dtype); got {x.dtype}.")
-    # Cast up before normalising: bfloat16 sums of squares and dot products lose ~3 digits.
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
-def _l2_normalize(x: jax.Array) -> jax.Array:
-    # rsqrt(max(|x|^2, eps^2)) rather than x / norm(x): the norm's gradient is NaN at x = 0, while
-    # the max routes a zero row's gradient into the constant branch and stays finite.
-    sq = jnp.sum(x * x, axis=-1, keepdims=True)
-    return x * jax.lax.rsqrt(jnp.maximum(sq, jnp.asarray(_NORM_EPS**2, x.dtype)))
-
-
-def _global_size(n_local: int, axis_name: Hashable | None) -> int:
-    """The global batch size N (static)."""
-    return n_local if axis_name is None else n_local * jax.lax.axis_size(axis_name)
-
-
 def _normalized_views(z1: ArrayLike, z2: ArrayLike) -> jax.Array:
     """``[2, n, D]`` unit embeddings, view first.
 
@@ -140,15 +72,6 @@ def _normalized_views(z1: ArrayLike, z2: ArrayLike) -> jax.Array:
     z1, z2 = _as_float(z1, "z1"), _as_float(z2, "z2")
     _check_pair(z1, z2, ("z1", "z2"))
     return jnp.stack([_l2_normalize(z1), _l2_normalize(z2)])
-
-
-def _gather_rows(x: jax.Array, axis_name: Hashable | None) -> jax.Array:
-    """``[2, n, ...]`` local rows -> ``[2, N, ...]`` global rows (identity without axis_name)."""
-    if axis_name is None:
-        return x
-    # The transpose of a tiled all_gather is a reduce-scatter, so gradients of other devices'
-    # anchors w.r.t. these rows flow back here.
-    return jax.lax.all_gather(x, axis_name, axis=1, tiled=True)
 
 
 def _self_columns(n_local: int, axis_name: Hashable | None) -> jax.Array:
@@ -298,14 +221,6 @@ def _streamed_argmax(u: jax.Array, axis_name: Hashable | None, block_size: int) 
     init = (jnp.full_like(u[..., 0], -jnp.inf), jnp.zeros_like(u[..., 0], dtype=jnp.int32))
     (_, arg), _ = jax.lax.scan(step, init, (blocks, starts))
     return arg
-
-
-def _global_mean(local_sum: jax.Array, count: int, axis_name: Hashable | None) -> jax.Array:
-    # Sum of the local terms, psum, then divide by the GLOBAL count: every device gets the same
-    # value, and each anchor's term is differentiated exactly once (on the device that owns it).
-    if axis_name is not None:
-        local_sum = jax.lax.psum(local_sum, axis_name)
-    return local_sum / count
 
 
 def nt_xent(
@@ -463,47 +378,3 @@ def contrastive_accuracy(
         # The positive of an anchor is the self column of the other view of its image.
         hits = (best == self_cols[::-1]).astype(u.dtype)
         return _global_mean(jnp.sum(hits), 2 * _global_size(n, axis_name), axis_name)
-
-
-def byol_loss(
-    prediction: ArrayLike, target: ArrayLike, *, axis_name: Hashable | None = None
-) -> jax.Array:
-    r"""BYOL regression loss: mean over the batch of ``2 - 2 cos(prediction, target)``.
-
-    Equal to the squared distance of the L2-normalised vectors. No gradient flows into ``target``
-    (``stop_gradient`` inside): it is the output of the slowly moving target network. BYOL
-    symmetrises the loss by also feeding the swapped views; call this twice for that.
-
-    With ``axis_name``, inside ``jax.shard_map`` or ``jax.pmap``, each device passes its local rows
-    and gets the mean over the global batch (same value on every device, global gradients). No
-    gather is needed: the loss is a per-row term.
-
-    References:
-      Grill et al., `Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning
-      <https://arxiv.org/abs/2006.07733>`_, 2020 (Eq. 2).
-
-    Args:
-      prediction: ``[N, D]`` online-network predictions (local rows ``[n, D]`` with ``axis_name``).
-      target: ``[N, D]`` target-network projections of the other view, same order.
-      axis_name: the mapped axis of ``shard_map``/``pmap`` to average across, or None.
-
-    Returns:
-      A float32 scalar in ``[0, 4]`` (float64 for float64 inputs); bfloat16 inputs are cast up.
-
-    Raises:
-      ValueError: if ``prediction`` or ``target`` is not 2-D, is empty or is complex, or if their
-        shapes differ.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> p = jnp.array([[1.0, 0.0], [0.0, 2.0]])
-      >>> float(byol_loss(p, jnp.array([[3.0, 0.0], [1.0, 0.0]])))  # cos = 1 and 0
-      1.0
-    """
-    with jax.named_scope("byol_loss"):
-        p = _as_float(prediction, "prediction")
-        t = jax.lax.stop_gradient(_as_float(target, "target"))
-        _check_pair(p, t, ("prediction", "target"))
-        cos = jnp.sum(_l2_normalize(p) * _l2_normalize(t), axis=-1)
-        n_global = _global_size(p.shape[0], axis_name)
-        return _global_mean(jnp.sum(2.0 - 2.0 * cos), n_global, axis_name)

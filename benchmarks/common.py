@@ -230,7 +230,7 @@ def step_flops(jitted: Any, *args: Any) -> float | None:
     import jax
     import numpy as np
 
-    from ssl_jax.models.conv import unpadded_channels
+    from ssl_jax.models.layers import without_gpu_channel_padding
 
     cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
 
@@ -240,12 +240,10 @@ def step_flops(jitted: Any, *args: Any) -> float | None:
         return x
 
     shapes = jax.tree.map(on_cpu, args)
-    # JAX caches traces by function and argument types, not by unpadded_channels(): neither may a
-    # padded trace made before be reused here, nor this one later (compiled steps are unaffected).
-    jax.clear_caches()
-    with unpadded_channels():
-        traced = jitted.trace(*shapes)
-    jax.clear_caches()
+    # The model's own FLOPs: the 'auto' convolutions of the graph definitions in the arguments
+    # (a train state's) are set not to pad a GPU stem's input channels. A different graph
+    # definition, so a padded trace made before is not reused, nor is this one later.
+    traced = jitted.trace(*without_gpu_channel_padding(shapes))
     return compiled_flops(traced.lower(lowering_platforms=("cpu",)))
 
 

@@ -3,42 +3,42 @@ matching of device events to HLO instructions (benchmarks/common.py, benchmarks/
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 
 import jax
 import numpy as np
+from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 
 import common  # noqa: E402
 import profile_step  # noqa: E402
 
-from ssl_jax.models import conv as conv_module  # noqa: E402
+from ssl_jax.models.layers import make_conv  # noqa: E402
 
 
 def test_step_flops_counts_the_model_not_the_gpu_channel_padding(monkeypatch):
     """MFU's numerator is the model's arithmetic: on GPU 'auto' pads a 3-channel stem to 8
     channels for cuDNN, and the count must not include those zeros."""
     n, hw, k, c_in, c_out = 2, 16, 7, 3, 4
-    kw = dict(
-        window_strides=(2, 2), padding=((3, 3), (3, 3)), dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
     x = np.zeros((n, hw, hw, c_in), np.float32)
-    w = np.zeros((k, k, c_in, c_out), np.float32)
     # Multiply-adds x 2, over the taps that land inside the image (XLA's cost analysis does not
     # count those on the zero border).
     taps = sum(sum(0 <= 2 * i - 3 + t < hw for t in range(k)) for i in range(hw // 2))
     expected = 2 * n * c_out * c_in * taps**2
-    monkeypatch.setattr(conv_module.jax, "default_backend", lambda: "gpu")
-    step = jax.jit(functools.partial(conv_module.auto_conv_general_dilated, **kw))
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    # A 7x7 stride-2 stem (conv_impl='auto'), applied through its graph definition as a method's
+    # train step applies its network from the train state.
+    graphdef, params = nnx.split(make_conv(c_in, c_out, k, strides=2, padding=3, rngs=nnx.Rngs(0)))
+    step = jax.jit(lambda graphdef, params, x: nnx.merge(graphdef, params)(x))
     # What the GPU runs holds the padded convolution ...
-    assert np.asarray(step(x, w)).shape == (n, hw // 2, hw // 2, c_out)
-    padded = common.compiled_flops(step.trace(x, w).lower(lowering_platforms=("cpu",)))
+    assert np.asarray(step(graphdef, params, x)).shape == (n, hw // 2, hw // 2, c_out)
+    traced = step.trace(graphdef, params, x)
+    padded = common.compiled_flops(traced.lower(lowering_platforms=("cpu",)))
     np.testing.assert_allclose(padded, expected * 8 / c_in, rtol=0.01)
     # ... and what MFU divides by does not.
-    flops = common.step_flops(step, x, w)
+    flops = common.step_flops(step, graphdef, params, x)
     np.testing.assert_allclose(flops, expected, rtol=0.01)
 
 

@@ -1,4 +1,5 @@
-"""Tests for ssl_jax.models: encoders, heads and the im2col convolution.
+"""Tests for ssl_jax.models (encoders, heads, shared layers) and the convolution kernels of
+ssl_jax.kernels (im2col, Winograd, the 'auto' dispatch and its GPU channel padding).
 
 Models are tiny (width 1/16 ResNets, few channels, 8-32 px) so the module runs in seconds on a
 2-core CPU; full-size ResNets are only built abstractly (``nnx.eval_shape``) to count parameters.
@@ -6,15 +7,23 @@ Models are tiny (width 1/16 ResNets, few channels, 8-32 px) so the module runs i
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
+from flax import nnx, struct
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ssl_jax.kernels import (
+    AutoConv,
+    auto_conv_general_dilated,
+    get_conv_general_dilated,
+    winograd_conv_general_dilated,
+)
+from ssl_jax.kernels import winograd as winograd_module
 from ssl_jax.models import (
     BasicBlock,
     Bottleneck,
@@ -28,8 +37,7 @@ from ssl_jax.models import (
     get_encoder,
     im2col_conv_general_dilated,
 )
-from ssl_jax.models import conv as conv_module
-from ssl_jax.models.conv import get_conv_general_dilated, winograd_conv_general_dilated
+from ssl_jax.models.layers import without_gpu_channel_padding
 
 TINY = 1 / 16  # ResNet width multiplier: 4 base channels
 
@@ -377,26 +385,26 @@ def test_auto_conv_pads_few_input_channels_on_gpu(monkeypatch, c_in):
     """On GPU, 'auto' zero-pads fewer than 8 input channels (cuDNN has no tensor-core kernel for
     a 3-channel stem); the result and both gradients are the unpadded convolution's. The GPU
     branch is traced on the CPU by reporting the backend as 'gpu'."""
-    from ssl_jax.models import conv as conv_module
-
-    monkeypatch.setattr(conv_module.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     x = images((2, 13, 12, c_in))
     w = images((7, 7, c_in, 5), seed=1) / 7
     cot = images((2, 7, 6, 5), seed=2)
     kw = dict(
         window_strides=(2, 2), padding=((3, 3), (3, 3)), dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
-    auto = functools.partial(conv_module.auto_conv_general_dilated, **kw)
+    auto = functools.partial(auto_conv_general_dilated, **kw)
     ref = functools.partial(lax.conv_general_dilated, **kw)
 
-    def conv_in_channels():
-        eqns = jax.make_jaxpr(lambda a, b: auto(a, b))(x, w).eqns  # a new function: no cache
+    def conv_in_channels(conv):
+        eqns = jax.make_jaxpr(lambda a, b: conv(a, b, **kw))(x, w).eqns  # a new function: no cache
         return [e.invars[0].aval.shape[-1] for e in eqns if e.primitive.name.startswith("conv")]
 
-    assert conv_in_channels() == [8]  # padded to 8 (or left at 8)
-    with conv_module.unpadded_channels():  # what benchmarks count as the model's FLOPs
-        assert conv_in_channels() == [c_in]
-    assert conv_in_channels() == [8]
+    assert conv_in_channels(auto_conv_general_dilated) == [8]  # padded to 8 (or left at 8)
+    assert conv_in_channels(AutoConv()) == [8]
+    # Without the padding: what benchmarks count as the model's FLOPs.
+    assert conv_in_channels(AutoConv(pad_gpu_channels=False)) == [c_in]
+    unpadded = functools.partial(auto_conv_general_dilated, pad_gpu_channels=False)
+    assert conv_in_channels(unpadded) == [c_in]
     (y, g), (y_ref, g_ref) = (jax.vjp(f, x, w) for f in (auto, ref))
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
     for a, b in zip(g(cot), g_ref(cot), strict=True):
@@ -408,6 +416,8 @@ def test_conv_impl_selection():
     assert get_conv_general_dilated("xla") is lax.conv_general_dilated
     assert get_conv_general_dilated("im2col") is im2col_conv_general_dilated
     assert get_conv_general_dilated("winograd") is winograd_conv_general_dilated
+    assert get_conv_general_dilated("auto") == AutoConv(pad_gpu_channels=True)
+    assert get_conv_general_dilated("auto", pad_gpu_channels=False) == AutoConv(False)
     with pytest.raises(ValueError, match="conv_impl"):
         get_conv_general_dilated("fast")
     model = nnx.eval_shape(lambda: ResNet18(conv_impl="im2col", rngs=nnx.Rngs(0)))
@@ -415,11 +425,44 @@ def test_conv_impl_selection():
     assert model.blocks[-1].conv2.conv_general_dilated is im2col_conv_general_dilated
 
 
+def test_without_gpu_channel_padding_rewrites_graph_definitions(monkeypatch):
+    """On GPU a model's 'auto' convolutions pad fewer than 8 input channels to 8. The graph
+    definition without_gpu_channel_padding returns, alone or as a static field of a train-state
+    dataclass, traces the stem unpadded (the model's own FLOPs); the original is untouched and
+    two models built alike have equal graph definitions."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    graphdef, state = nnx.split(tiny_resnet((1, 1), BasicBlock, stem="imagenet"))
+    assert graphdef == nnx.graphdef(tiny_resnet((1, 1), BasicBlock, stem="imagenet"))
+
+    @struct.dataclass
+    class TrainState:
+        state: Any
+        graphdef: nnx.GraphDef = struct.field(pytree_node=False)
+
+    x = images((2, 32, 32, 3))
+
+    def conv_in_channels(train_state):
+        def apply(ts, x):
+            return nnx.merge(ts.graphdef, ts.state)(x)
+
+        eqns = jax.make_jaxpr(apply)(train_state, x).eqns
+        return [e.invars[0].aval.shape[-1] for e in eqns if e.primitive.name.startswith("conv")]
+
+    padded = TrainState(state, graphdef)
+    unpadded = without_gpu_channel_padding(padded)
+    channels = conv_in_channels(unpadded)  # the model's own: 3 in the stem, 4-8 in the body
+    assert channels[0] == 3 and min(channels[1:]) == 4
+    assert conv_in_channels(padded) == [max(c, 8) for c in channels]
+    assert unpadded.graphdef != graphdef and padded.graphdef is graphdef
+    assert without_gpu_channel_padding((graphdef,))[0] == unpadded.graphdef
+    assert jax.tree.structure(unpadded.state) == jax.tree.structure(state)
+
+
 @pytest.mark.parametrize("impl", ["im2col", "winograd"])
 def test_model_conv_impls_agree(monkeypatch, impl):
     """Same parameters give the same outputs and gradients whichever convolution is used. (The
     tiny ResNet has 4-8 channels: Winograd's channel minimum is lowered so its body uses it.)"""
-    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_IN_CHANNELS", 4)
+    monkeypatch.setattr(winograd_module, "WINOGRAD_MIN_IN_CHANNELS", 4)
     x = images((4, 16, 16, 3))
     xla = tiny_resnet((1, 1), BasicBlock, stem="imagenet", conv_impl="xla")
     other = tiny_resnet((1, 1), BasicBlock, stem="imagenet", conv_impl=impl)
@@ -520,10 +563,10 @@ def test_winograd_applies_where_it_should(
     assert uses_winograd(winograd_conv_general_dilated) == expect
     # 'auto' on CPU: the same on one device; im2col with several (the tests run with 8), where
     # Winograd's weight gradient would be all-reduced in its 16-tap basis.
-    assert jax.device_count() > 1 and not uses_winograd(conv_module.auto_conv_general_dilated)
+    assert jax.device_count() > 1 and not uses_winograd(auto_conv_general_dilated)
     with monkeypatch.context() as m:
-        m.setattr(conv_module.jax, "device_count", lambda: 1)
-        assert uses_winograd(conv_module.auto_conv_general_dilated) == expect
+        m.setattr(jax, "device_count", lambda: 1)
+        assert uses_winograd(auto_conv_general_dilated) == expect
     tol = 1e-4 if dtype == jnp.float32 else 0.1
     got, ref = grads(winograd_conv_general_dilated)(x, k), grads(lax.conv_general_dilated)(x, k)
     for a, b in zip(got, ref, strict=True):

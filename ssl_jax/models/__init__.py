@@ -1,7 +1,8 @@
 """Encoders (ResNet, ConvNet) and projection / prediction heads, in Flax NNX.
 
 Encoders map ``[B, H, W, C]`` images to ``[B, num_features]`` float32 features; build one by name
-with :func:`get_encoder`.
+with :func:`get_encoder`. The layers they share (the ``nnx.Conv`` factory, BatchNorm, the input
+check) are in :mod:`ssl_jax.models.layers`; the convolution kernels in :mod:`ssl_jax.kernels`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,10 @@ from typing import Any
 
 from flax import nnx
 
-from ssl_jax.models.conv import (
-    get_conv_general_dilated,
-    im2col_conv_general_dilated,
-    make_conv,
-)
+from ssl_jax.kernels import get_conv_general_dilated, im2col_conv_general_dilated
 from ssl_jax.models.convnet import ConvNet
 from ssl_jax.models.heads import Predictor, ProjectionMLP
+from ssl_jax.models.layers import make_conv
 from ssl_jax.models.resnet import (
     BasicBlock,
     Bottleneck,

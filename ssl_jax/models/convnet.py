@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssl_jax.models.conv import CONV_IMPLS, make_conv
-from ssl_jax.models.resnet import check_image_input, make_batch_norm
+from ssl_jax.kernels import CONV_IMPLS
+from ssl_jax.models.layers import check_image_input, make_batch_norm, make_conv
 
 
 class ConvNet(nnx.Module):

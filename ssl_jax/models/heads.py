@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssl_jax.models.resnet import make_batch_norm
+from ssl_jax.models.layers import make_batch_norm
 
 
 class ProjectionMLP(nnx.Module):

@@ -13,11 +13,12 @@ Model variants are ``functools.partial`` of :class:`ResNet`, as in Flax's ImageN
     feats = model(images)  # [B, 32, 32, 3] -> [B, 512], float32
     model.eval()           # BatchNorm uses its running averages from here on
 
-BatchNorm follows PyTorch's defaults expressed in Flax's convention (momentum 0.9, i.e. torch's
-0.1; epsilon 1e-5); one difference remains: Flax updates the running variance with the biased batch
-variance, torch with the unbiased one (a factor n / (n - 1), negligible at SSL batch sizes). It
-has no ``axis_name``: under SPMD ``jax.jit`` on a batch sharded over a mesh
-the statistics are computed over the global batch (XLA inserts the reductions).
+BatchNorm (:func:`ssl_jax.models.layers.make_batch_norm`) follows PyTorch's defaults expressed
+in Flax's convention (momentum 0.9, i.e. torch's 0.1; epsilon 1e-5); one difference remains: Flax
+updates the running variance with the biased batch variance, torch with the unbiased one (a factor
+n / (n - 1), negligible at SSL batch sizes). It has no ``axis_name``: under SPMD ``jax.jit`` on a
+batch sharded over a mesh the statistics are computed over the global batch (XLA inserts the
+reductions).
 """
 
 from __future__ import annotations
@@ -30,52 +31,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssl_jax.models.conv import CONV_IMPLS, make_conv
-
-BN_MOMENTUM = 0.9  # Flax convention: running = momentum * running + (1 - momentum) * batch.
-BN_EPSILON = 1e-5
-
-
-def make_batch_norm(
-    num_features: int,
-    *,
-    dtype: Any,
-    param_dtype: Any,
-    zero_scale: bool = False,
-    use_bias: bool = True,
-    rngs: nnx.Rngs,
-) -> nnx.BatchNorm:
-    """BatchNorm with torch defaults; statistics and parameters in ``param_dtype`` (float32)."""
-    return nnx.BatchNorm(
-        num_features,
-        momentum=BN_MOMENTUM,
-        epsilon=BN_EPSILON,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        use_bias=use_bias,
-        scale_init=nnx.initializers.zeros_init() if zero_scale else nnx.initializers.ones_init(),
-        rngs=rngs,
-    )
-
-
-def check_image_input(x: jax.Array, *, in_channels: int, min_size: int, hint: str = "") -> None:
-    """Raise a ValueError unless ``x`` is ``[B, H, W, in_channels]`` with ``H, W >= min_size``.
-
-    Uses static shapes only, so it runs at trace time under ``jax.jit``.
-    """
-    if x.ndim != 4:
-        raise ValueError(f"Expected images of shape [B, H, W, C], got shape {tuple(x.shape)}.")
-    if x.shape[-1] != in_channels:
-        raise ValueError(
-            f"Expected {in_channels} input channels (channels last, [B, H, W, C]), "
-            f"got shape {tuple(x.shape)}."
-        )
-    h, w = x.shape[1], x.shape[2]
-    if h < min_size or w < min_size:
-        raise ValueError(
-            f"Input of {h}x{w} pixels is too small for this architecture: the minimum input "
-            f"size is {min_size}x{min_size}.{hint}"
-        )
+from ssl_jax.kernels import CONV_IMPLS
+from ssl_jax.models.layers import check_image_input, make_batch_norm, make_conv
 
 
 class BasicBlock(nnx.Module):
@@ -191,7 +148,7 @@ class ResNet(nnx.Module):
         ``param_dtype`` and the returned features are always float32.
       param_dtype: storage dtype of parameters.
       conv_impl: ``'auto'`` (Winograd / im2col on CPU, XLA conv elsewhere), ``'xla'``,
-        ``'im2col'`` or ``'winograd'``; see :mod:`ssl_jax.models.conv`. Does not change the
+        ``'im2col'`` or ``'winograd'``; see :mod:`ssl_jax.kernels`. Does not change the
         parameters.
       rngs: NNX random streams (``params`` is used).
 

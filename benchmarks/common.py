@@ -103,40 +103,26 @@ def init_state(config: Any, seed: int = 0) -> tuple[types.ModuleType, Any]:
 
 
 @contextlib.contextmanager
-def premade_views() -> Iterator[None]:
-    """While tracing inside it, a method's ``train_step`` takes its two views from the batch
-    (``{'view1': x1, 'view2': x2}``, already in the compute dtype) instead of augmenting
-    ``batch['image']``: the rest of the step (forward, loss, backward, optimizer, metrics) is the
-    library's own code. Jit and lower (or first call) the step inside the ``with``."""
-    from ssl_jax.methods import common
-
-    original = common.make_views
-    common.make_views = lambda batch, key, hp: (batch["view1"], batch["view2"])
-    try:
-        yield
-    finally:
-        common.make_views = original
-
-
-@contextlib.contextmanager
 def without_optimizer_update() -> Iterator[None]:
     """While tracing inside it, a method's optimizer update is left out: the parameters and the
     optimizer state come back unchanged and the metrics keep only ``l2_grads`` (which keeps the
     gradients alive, so the step is exactly forward + loss + backward). For the time breakdown."""
     import optax
 
-    from ssl_jax.methods import common
+    from ssl_jax.methods.state import TrainState
 
-    original = common.apply_gradients
+    original = TrainState.apply_gradients
 
-    def no_update(tx, params, opt_state, grads):
-        return params, opt_state, {"l2_grads": optax.tree.norm(grads)}
+    def no_update(self, grads, *, scale_updates=None, **changes):
+        del scale_updates
+        new = self.replace(step=self.step + 1, **changes)
+        return new, {"l2_grads": optax.tree.norm(grads)}
 
-    common.apply_gradients = no_update
+    TrainState.apply_gradients = no_update
     try:
         yield
     finally:
-        common.apply_gradients = original
+        TrainState.apply_gradients = original
 
 
 def num_params(tree: Any) -> int:

@@ -12,10 +12,11 @@ What is compared, for each model (same architecture, batch, loss and optimizer o
 * ``ssl_jax``: the library's own ``ssl_jax.methods.simclr.train_step``, built from the recipe
   (``configs/simclr_fashion_mnist.py`` for the 4-layer convnet at 28x28x1,
   ``configs/simclr_cifar10.py`` for ResNet-18 with the CIFAR stem at 32x32x3), jitted with the
-  state donated as ``ssl_jax.train`` does, and given the two views ready-made (see
-  ``common.premade_views``), so that it does exactly what the PyTorch step does: encoder +
-  projector on the 2N views as one batch, NT-Xent (temperature from the recipe), backward, LARS
-  (optax; kernels get weight decay and trust-ratio scaling, biases and BatchNorm do not).
+  state donated as ``ssl_jax.train`` does, and given the two views ready-made in the batch
+  (``ssl_jax.methods.state.make_views``), so that it does exactly what the PyTorch step does:
+  encoder + projector on the 2N views as one batch, NT-Xent (temperature from the recipe),
+  backward, LARS (optax; kernels get weight decay and trust-ratio scaling, biases and BatchNorm
+  do not).
 * ``ssl_jax xla-conv``: the same with ``model.conv_impl='xla'`` (XLA's own convolution instead of
   the im2col path that ``'auto'`` picks on CPU).
 * ``PyTorch eager`` / ``torch.compile``: the same network written in torch (torchvision's
@@ -59,7 +60,7 @@ CASES = {
     # for the loss, but that is not what the torch side writes).
     "convnet": (
         "simclr_fashion_mnist",
-        {"model.convnet_grid": 1, "model.head_pools": False},
+        {"model.convnet.grid": 1, "model.convnet.head_pools": False},
         256,
         256,
     ),
@@ -78,11 +79,11 @@ def torch_network(config):
     m = config.model
     if m.projector_layers != 2 or m.projector_last_bn:
         raise ValueError("only the 2-layer projector without a last BN is written in torch here")
-    if getattr(m, "convnet_grid", 1) != 1 or getattr(config, "loss_block_size", None):
+    if m.convnet.grid != 1 or config.simclr.loss_block_size:
         raise ValueError("the torch side has global pooling and the direct NT-Xent only")
     if m.encoder == "convnet":
         layers, c_in = [], config.image_channels
-        features = tuple(m.convnet_features)
+        features = tuple(m.convnet.features)
         for c_out, s in zip(features, (1,) + (2,) * (len(features) - 1), strict=True):
             layers += [
                 nn.Conv2d(c_in, c_out, 3, stride=s, padding=1, bias=False),
@@ -92,7 +93,7 @@ def torch_network(config):
             c_in = c_out
         encoder = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         num_features = c_in
-    elif m.encoder == "resnet18" and m.stem == "cifar" and m.width == 1:
+    elif m.encoder == "resnet18" and m.resnet.stem == "cifar" and m.resnet.width == 1:
         import torchvision
 
         encoder = torchvision.models.resnet18()
@@ -101,7 +102,7 @@ def torch_network(config):
         encoder.fc = nn.Identity()
         num_features = 512
     else:
-        raise ValueError(f"no torch version of encoder {m.encoder!r} (stem {m.stem!r}) here")
+        raise ValueError(f"no torch version of encoder {m.encoder!r} (stem {m.resnet.stem!r}) here")
     projector = nn.Sequential(
         nn.Linear(num_features, m.projector_hidden, bias=False),
         nn.BatchNorm1d(m.projector_hidden),
@@ -198,7 +199,7 @@ def run_case(name: str, args) -> list[dict]:
         f"\n## {name}: SimCLR step, batch {batch} of {size}x{size}x{channels} "
         f"(configs/{recipe}.py, encoder {config.model.encoder}, projector "
         f"{config.model.projector_hidden}->{config.model.projector_dim}, "
-        f"temperature {config.temperature}, {config.optimizer})",
+        f"temperature {config.simclr.temperature}, {config.optimizer})",
         flush=True,
     )
 
@@ -209,11 +210,10 @@ def run_case(name: str, args) -> list[dict]:
         config.model.conv_impl = impl
         method, state = common.init_state(config)
         label = "ssl_jax" if impl == "auto" else f"ssl_jax {impl}-conv"
-        with common.premade_views():
-            step = jax.jit(method.train_step, donate_argnums=(0,))
-            t = time.perf_counter()
-            compiled = step.lower(state, views, key).compile()
-            compile_s[label] = time.perf_counter() - t
+        step = jax.jit(method.train_step, donate_argnums=(0,))  # the views come in the batch
+        t = time.perf_counter()
+        compiled = step.lower(state, views, key).compile()
+        compile_s[label] = time.perf_counter() - t
         runners[label] = common.jax_step_runner(compiled, state, views, key)
         if impl == "auto":
             facts["jax_params"] = common.num_params(state.params)
@@ -237,12 +237,15 @@ def run_case(name: str, args) -> list[dict]:
     facts["torch_fwd_flops"] = torch_forward_flops(eager_net, torch.cat([t1, t2]))
     eager_net.train()
     runners["PyTorch eager"] = torch_runner(
-        TorchSimCLRLoss(eager_net, config.temperature), torch_lars(eager_net, config, batch), t1, t2
+        TorchSimCLRLoss(eager_net, config.simclr.temperature),
+        torch_lars(eager_net, config, batch),
+        t1,
+        t2,
     )
     if not args.no_compile:
         compiled_net = torch_network(config)
         compiled_net.train()
-        loss_fn = torch.compile(TorchSimCLRLoss(compiled_net, config.temperature).__call__)
+        loss_fn = torch.compile(TorchSimCLRLoss(compiled_net, config.simclr.temperature).__call__)
         optimizer = torch_lars(compiled_net, config, batch)
         run = torch_runner(loss_fn, optimizer, t1, t2)
         t = time.perf_counter()

@@ -37,7 +37,7 @@ common.setup_imports()
 
 import jax.numpy as jnp  # noqa: E402
 
-from ssl_jax import train  # noqa: E402
+from ssl_jax import data  # noqa: E402
 from ssl_jax.evaluation import features, linear, load_encoder  # noqa: E402
 from ssl_jax.evaluation.metrics import topk_accuracy  # noqa: E402
 from ssl_jax.evaluation.splits import class_balanced_subset, validation_split  # noqa: E402
@@ -68,9 +68,9 @@ def main() -> None:
     encoder = load_encoder(args.workdir)
     config = encoder.config
     t = time.perf_counter()
-    train_x, train_y = features.extract_features(train.make_source(config), {"ssl": encoder})
+    train_x, train_y = features.extract_features(data.source_from_config(config), {"ssl": encoder})
     test_x, test_y = features.extract_features(
-        train.make_source(config, split="test"), {"ssl": encoder}
+        data.source_from_config(config, split="test"), {"ssl": encoder}
     )
     train_x, test_x = train_x["ssl"], test_x["ssl"]
     print(f"features {train_x.shape} / {test_x.shape} in {time.perf_counter() - t:.0f} s")

@@ -7,7 +7,7 @@
 For each device count n (one subprocess each: the fake-device flag must be set before JAX is
 imported) the real train step is built as ``ssl_jax.train`` builds it -- the mesh of
 ``ssl_jax.parallel``, the batch sharded on ``'data'``, the state replicated, jitted by
-``ssl_jax.profiling.jit_train_step`` -- from the Fashion-MNIST recipes (``configs/*_fashion_mnist``:
+``ssl_jax.run.jit_train_step`` -- from the Fashion-MNIST recipes (``configs/*_fashion_mnist``:
 a 4-layer convnet on 28x28x1) at a fixed per-device batch: weak scaling, global batch = per-device
 batch x n (the default, 32 per device, gives the recipes' global batch of 256 at n = 8). It is
 compiled, not run, and reported:
@@ -71,7 +71,7 @@ def build_config(method: str, n_devices: int, per_device_batch: int, quick: bool
     config.dataset = "synthetic"  # the step never sees the source; keep the images 28x28x1
     config.batch_size = per_device_batch * n_devices
     if quick:  # a model that compiles in seconds; same structure
-        config.model.convnet_features = (8, 16, 16, 32)
+        config.model.convnet.features = (8, 16, 16, 32)
         config.model.projector_hidden, config.model.projector_dim = 64, 32
         config.model.predictor_hidden = 64
     return config
@@ -87,7 +87,7 @@ def worker(n_devices: int, per_device_batch: int, quick: bool, steps: int) -> li
     import jax
     import numpy as np
 
-    from ssl_jax import parallel, profiling
+    from ssl_jax import parallel, profiling, run
     from ssl_jax.methods import get_method
 
     assert jax.device_count() == n_devices, jax.devices()
@@ -98,13 +98,13 @@ def worker(n_devices: int, per_device_batch: int, quick: bool, steps: int) -> li
         method = get_method(name)
         real = real_inputs(config, method, mesh) if n_devices == 1 else None
         if real is None:
-            inputs = profiling.abstract_step_inputs(config, method, mesh)
+            inputs = run.abstract_step_inputs(config, mesh)
         else:  # the timed step: the compiled program must take these very pytrees
             inputs = jax.tree.map(
                 lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), real
             )
         start = time.perf_counter()
-        compiled = profiling.jit_train_step(method, mesh).lower(*inputs).compile()
+        compiled = run.jit_train_step(method, mesh).lower(*inputs).compile()
         compile_s = time.perf_counter() - start
         sizes = profiling.step_sizes(inputs[0], config)
         colls = profiling.collectives(compiled.as_text(), n_devices)

@@ -31,7 +31,7 @@ random uint8 images of the recipe's input size, and reports:
 * the breakdown, for one batch per (method, model, dtype) (``--breakdown-batch``): the pieces
   TIMED SEPARATELY as their own jitted functions: augmentation only (``make_views``), forward +
   loss + backward only (the step with ready-made views and the optimizer update left out, see
-  ``common.premade_views`` / ``common.without_optimizer_update``), the optimizer update only
+  a batch with premade views / ``common.without_optimizer_update``), the optimizer update only
   (``apply_gradients`` on gradients shaped like the parameters). Fused into one step they overlap
   and share memory traffic, so their sum need not equal the step time: on the H100 the ResNet-50
   update alone took 11-13 ms, and 1.2-1.6 ms inside the fused step (``profile_step.py`` splits
@@ -131,17 +131,16 @@ def measure(method_name: str, model: str, dtype: str, batch: int, args, peaks, b
 
 def pieces(method, config, *, data, key, args) -> dict:
     """Augmentation, forward+backward and optimizer timed as separate jitted functions."""
-    from ssl_jax.methods import common as method_common
+    from ssl_jax.methods.state import make_views
 
     _, state = common.init_state(config)
-    hp = state.hparams
     step_key = jax.random.fold_in(key, 0)
-    augment = jax.jit(functools.partial(method_common.make_views, hp=hp))
+    augment = jax.jit(functools.partial(make_views, settings=state.settings))
     views = augment(data, step_key)
     aug_s = timed(augment, (data, step_key), windows=args.windows, iters=args.iters)
 
     premade = {"view1": views[0], "view2": views[1]}
-    with common.premade_views(), common.without_optimizer_update():
+    with common.without_optimizer_update():  # the views come premade in the batch
         fwd_bwd = jax.jit(method.train_step, donate_argnums=(0,)).lower(state, premade, key)
         fwd_bwd = fwd_bwd.compile()
     run = common.jax_step_runner(fwd_bwd, state, premade, key)
@@ -149,10 +148,8 @@ def pieces(method, config, *, data, key, args) -> dict:
 
     _, state = common.init_state(config)
     grads = jax.tree.map(lambda p: p * 1e-3, state.params)
-    optimizer = jax.jit(functools.partial(method_common.apply_gradients, state.tx))
-    opt_s = timed(
-        optimizer, (state.params, state.opt_state, grads), windows=args.windows, iters=args.iters
-    )
+    optimizer = jax.jit(lambda state, grads: state.apply_gradients(grads))
+    opt_s = timed(optimizer, (state, grads), windows=args.windows, iters=args.iters)
     return dict(aug_ms=1e3 * aug_s, fwd_bwd_ms=1e3 * common.median(fb), opt_ms=1e3 * opt_s)
 
 

@@ -9,31 +9,15 @@ Needs imagenet2012 prepared for TFDS (manual download) in the data dir.
 """
 
 from ssl_jax.config import base_config
-
-EPOCHS, TRAIN_IMAGES = 300, 1_281_167
+from ssl_jax.recipe_blocks import imagenet
 
 
 def get_config(arg: str | None = None):
-    c = base_config()
+    c = imagenet(base_config(), arg, epochs=300)
     c.method = "byol"
-    c.dataset = "tfds:imagenet2012"
-    c.image_size, c.image_channels, c.data_image_size = 224, 3, 256
     c.augment = "byol"
-    c.model.encoder, c.model.stem = "resnet50", "imagenet"
     c.model.projector_hidden, c.model.projector_dim = 4096, 256
     c.model.predictor_hidden = 4096
-    c.model.compute_dtype = "bfloat16"
-
-    c.batch_size = 4096
-    steps_per_epoch = TRAIN_IMAGES // c.batch_size
-    c.total_steps = EPOCHS * steps_per_epoch
-    c.warmup_steps = 10 * steps_per_epoch
-    c.base_tau = 0.996
-    c.optimizer, c.base_lr, c.lr_scaling = "lars", 0.2, "linear"
-    c.weight_decay = 1.5e-6
-    c.log_every, c.checkpoint_every, c.eval_every = 100, 2500, 2500
-    c.eval_split = "validation"  # ImageNet's test split has no labels
-    c.num_workers = 16
-    if arg is not None:
-        raise ValueError(f"unknown variant {arg!r} of this recipe: it has none")
+    c.byol.base_tau = 0.996
+    c.base_lr, c.weight_decay = 0.2, 1.5e-6
     return c

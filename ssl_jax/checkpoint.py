@@ -1,7 +1,8 @@
 """Checkpoints: a thin layer over Orbax's CheckpointManager.
 
-``WORKDIR/checkpoints/<step>/`` holds two items: ``state`` (the method's train state: step,
-parameters, BatchNorm statistics, optimizer state, and for BYOL the target network) and ``data``
+``WORKDIR/checkpoints/<step>/`` holds two items: ``state`` (the method's train state as
+``TrainState.checkpoint_tree`` lays it out: step, parameters, BatchNorm statistics, optimizer
+state, and for BYOL the target network) and ``data``
 (each process's input-iterator position, one JSON file per process, via grain's Orbax handler).
 Saves are asynchronous and atomic: Orbax writes into a temporary directory and renames it when
 complete, so a run killed mid-save leaves the previous checkpoint as the latest one.
@@ -69,14 +70,15 @@ class Checkpointer:
         self.manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
+                state=ocp.args.StandardSave(_saved_tree(state)),
                 data=grain.checkpoint.CheckpointSave(_IteratorSnapshot(data_state)),
             ),
         )
 
     def restore(self, step: int, like: Any) -> tuple[Any, dict]:
-        """Restore step ``step`` into the structure, dtypes and shardings of ``like``."""
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        """Restore step ``step`` into the structure, dtypes and shardings of ``like`` (a train
+        state, or any pytree)."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _saved_tree(like))
         restored = self.manager.restore(
             step,
             args=ocp.args.Composite(
@@ -84,14 +86,17 @@ class Checkpointer:
                 data=grain.checkpoint.CheckpointRestore(_IteratorSnapshot()),
             ),
         )
-        return restored["state"], restored["data"].state
+        state = restored["state"]
+        if hasattr(like, "with_checkpoint_tree"):
+            state = like.with_checkpoint_tree(state)
+        return state, restored["data"].state
 
     def mismatches(self, step: int, like: Any) -> list[str]:
         """How the train state saved at ``step`` differs from ``like`` in its arrays' paths and
         shapes (read from the checkpoint's metadata; empty when it fits). Checked before a
         restore, whose own failure is an Orbax error about truncation/padding options."""
         saved = tree_shapes(self.manager.item_metadata(step)["state"])
-        want = tree_shapes(like)
+        want = tree_shapes(_saved_tree(like))
         out = [
             f"{k}: saved {saved[k]}, now {want[k]}"
             for k in want
@@ -107,6 +112,11 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _saved_tree(state: Any) -> Any:
+    """What is saved of ``state``: a train state's ``checkpoint_tree()``, else the pytree."""
+    return state.checkpoint_tree() if hasattr(state, "checkpoint_tree") else state
 
 
 def checkpoint_id(directory: str, step: int) -> int | None:

@@ -13,6 +13,8 @@ Multi-process (one process per host, or several on one machine for testing):
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 from absl import flags
 from ml_collections import config_flags
@@ -106,8 +108,10 @@ def _unknown_field_message(field: str) -> str:
     """Name the unknown config field and the closest known one (a field, else a group)."""
     import difflib
 
-    from ssl_jax.config import closest_field
+    from ssl_jax.config import RENAMED, closest_field
 
+    if field in RENAMED:
+        return f"config field '{field}' is now '{RENAMED[field]}': use --config.{RENAMED[field]}."
     close = closest_field(field)
     if close is None:
         groups = difflib.get_close_matches(field, _schema_paths()[1], n=1)
@@ -116,8 +120,9 @@ def _unknown_field_message(field: str) -> str:
     return f"unknown config field '{field}'{hint}. See ssl_jax/config.py for every field."
 
 
-def pretrain(argv: list[str]) -> int:
-    """`ssl-jax pretrain`: parse flags and config, train, then evaluate unless turned off."""
+def pretrain(argv: list[str], *, extra_hooks: Sequence[Any] = ()) -> int:
+    """`ssl-jax pretrain`: parse flags and config, train, then evaluate unless turned off.
+    ``extra_hooks`` go to :func:`ssl_jax.train.train` (tests install fault injection so)."""
     argv = ["ssl-jax pretrain", *argv]
     fv = _pretrain_flags(argv)
     if "--help" in argv or "-h" in argv:
@@ -145,7 +150,7 @@ def pretrain(argv: list[str]) -> int:
         logs.console(host_memory.status())
 
     try:
-        train.train(config, fv.workdir)
+        train.train(config, fv.workdir, extra_hooks=extra_hooks)
     except (ValueError, FileNotFoundError, train.NonFiniteLossError) as e:
         raise SystemExit(f"ssl-jax pretrain: {e}") from None
     if config.eval_at_end:
@@ -418,8 +423,9 @@ def embed(argv: list[str]) -> int:
 COMMANDS = {"pretrain": pretrain, "evaluate": evaluate, "embed": embed}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The `ssl-jax` entry point; returns the process exit status."""
+def main(argv: list[str] | None = None, *, extra_hooks: Sequence[Any] = ()) -> int:
+    """The `ssl-jax` entry point; returns the process exit status. ``extra_hooks``: training
+    hooks for `pretrain` (:class:`ssl_jax.hooks.Hook`), for callers that embed the command."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
@@ -435,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         raise SystemExit(f"ssl-jax: {e}") from None
     try:
+        if command == "pretrain":
+            return pretrain(rest, extra_hooks=extra_hooks)
         return COMMANDS[command](rest)
     except KeyboardInterrupt as e:
         # A first Ctrl-C in pretraining saves a checkpoint of the last completed step

@@ -7,17 +7,27 @@ that names the closest known field.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import json
 from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
+from ssl_jax import methods, models
+
 
 def base_config() -> ml_collections.ConfigDict:
-    """All fields with defaults (a SimCLR convnet on Fashion-MNIST, sized for a CPU)."""
+    """All fields with defaults (a SimCLR convnet on Fashion-MNIST, sized for a CPU).
+
+    Besides the fields below, every registered method has a block ``config.<method>`` of its
+    own settings (``config.simclr.temperature``, ``config.byol.base_tau``; the defaults and
+    comments of its ``Hparams``), and every encoder family a block ``config.model.<family>``
+    (``config.model.convnet.features``, ``config.model.resnet.stem``).
+    """
     c = ml_collections.ConfigDict()
-    c.method = "simclr"  # simclr | byol
+    c.method = "simclr"  # a method of ssl_jax.methods: simclr | byol
     c.seed = 0  # model init, data order and augmentation all derive from it
 
     # Data.
@@ -50,12 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Model.
     c.model = ml_collections.ConfigDict()
-    c.model.encoder = "convnet"  # convnet | resnet18 | resnet34 | resnet50
-    c.model.stem = "cifar"  # resnets: imagenet (7x7/2 + max-pool) | cifar (3x3/1)
-    c.model.width = 1  # resnets: channel multiplier
-    c.model.convnet_features = (32, 64, 128, 256)  # convnet: channels of its conv layers
-    c.model.convnet_grid = 1  # convnet: average-pool the last map to GxG, flatten (1: global)
-    c.model.head_pools = False  # convnet_grid > 1: the projection head averages the GxG cells
+    c.model.encoder = (
+        "convnet"  # an encoder of ssl_jax.models: convnet | resnet18 | resnet34 | resnet50
+    )
     # auto (winograd on CPU, the library convolution elsewhere) | xla | im2col | winograd
     c.model.conv_impl = "auto"
     c.model.projector_hidden = 512
@@ -64,13 +71,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.projector_last_bn = False  # BatchNorm after the last projector layer (SimCLR v2)
     c.model.predictor_hidden = 512  # BYOL predictor hidden width
     c.model.compute_dtype = "float32"  # float32 | bfloat16 (parameters stay float32)
+    for family, settings in models.settings_blocks().items():
+        c.model[family] = _block(settings())
 
-    # Method hyper-parameters.
-    c.temperature = 0.2  # SimCLR NT-Xent temperature
-    # SimCLR: stream NT-Xent over candidate blocks of this many columns (exact; memory per device
-    # O(rows x block), not O(rows x 2N)); None: the direct [2N, 2N] formula. Set it for 2N > ~16k.
-    c.loss_block_size = config_dict.placeholder(int)
-    c.base_tau = 0.996  # BYOL target EMA rate at step 0 (rises to 1)
+    # Method hyper-parameters: one block per method.
+    for name in methods.METHODS:
+        c[name] = _block(methods.get_method(name).Hparams())
 
     # Optimizer.
     c.optimizer = "lars"  # lars | sgd | adamw
@@ -85,6 +91,35 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+# Fields renamed when methods and encoders got blocks of their own (issue 14): old -> new.
+# Old runs' config.json files are read through this table; an old name on the command line or in
+# a recipe is an error that names the new one.
+RENAMED = {
+    "temperature": "simclr.temperature",
+    "loss_block_size": "simclr.loss_block_size",
+    "base_tau": "byol.base_tau",
+    "model.convnet_features": "model.convnet.features",
+    "model.convnet_grid": "model.convnet.grid",
+    "model.head_pools": "model.convnet.head_pools",
+    "model.stem": "model.resnet.stem",
+    "model.width": "model.resnet.width",
+}
+
+
+def _block(settings: Any) -> ml_collections.ConfigDict:
+    """A settings dataclass instance as a config block; a None default becomes a placeholder of
+    the annotated type (``int | None`` -> an int field that is None), so overrides parse."""
+    block = ml_collections.ConfigDict()
+    types = {"int": int, "float": float, "str": str, "tuple": tuple, "bool": bool}
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if value is None:
+            name = str(field.type).split("|")[0].strip()
+            value = config_dict.placeholder(types.get(name, object))
+        block[field.name] = value
+    return block
+
+
 def field_names(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
     """Every leaf field as a dotted path, e.g. ``['method', ..., 'model.encoder', ...]``."""
     names = []
@@ -96,26 +131,39 @@ def field_names(config: ml_collections.ConfigDict, prefix: str = "") -> list[str
     return names
 
 
-def describe_fields() -> str:
-    """One line per field of :func:`base_config`: ``name = default  # what it is``, the comment
-    taken from the one beside (or the comment lines just above) its assignment in this file."""
+def _source_comments(obj: Any, prefix: str = "") -> dict[str, str]:
+    """``{field: comment}`` from the source of ``obj``: the comment beside (or the comment lines
+    just above) ``c.FIELD = ...`` (base_config) or ``FIELD: TYPE = ...`` (a settings class)."""
     import inspect
     import re
 
     comments: dict[str, str] = {}
     above: list[str] = []
-    for line in inspect.getsource(base_config).splitlines():
+    for line in inspect.getsource(obj).splitlines():
         stripped = line.strip()
         if stripped.startswith("#"):
             above.append(stripped.lstrip("# ").strip())
             continue
-        match = re.match(r"c\.([\w.]+) = .*?(?:  # (.*))?$", stripped)
-        if match and not match.group(1).endswith("model"):
-            text = match.group(2) or " ".join(above)
-            if text:
-                comments[match.group(1)] = text
+        match = re.match(r"(?:c\.([\w.]+)|(\w+): [^=]+?) = .*?(?:  # (.*))?$", stripped)
+        if match:
+            text = match.group(3) or " ".join(above)
+            name = match.group(1) or match.group(2)
+            if text and not name.endswith("model"):
+                comments[prefix + name] = text
         above = []
-    config = base_config()
+    return comments
+
+
+def describe_fields(config: ml_collections.ConfigDict | None = None) -> str:
+    """One line per field: ``name = value  # what it is``, the values of ``config`` (default:
+    :func:`base_config`) and the comments of base_config and of the method and encoder settings
+    classes that declare the blocks."""
+    comments = _source_comments(base_config)
+    for name in methods.METHODS:
+        comments.update(_source_comments(methods.get_method(name).Hparams, f"{name}."))
+    for family, settings in models.settings_blocks().items():
+        comments.update(_source_comments(settings, f"model.{family}."))
+    config = base_config() if config is None else config
     lines = []
     for name in field_names(config):
         value = config
@@ -127,9 +175,20 @@ def describe_fields() -> str:
 
 
 def closest_field(path: str) -> str | None:
-    """The schema field most like a misspelt dotted path, or None."""
+    """The schema field a misspelt or renamed dotted path stands for, or None."""
+    if path in RENAMED:
+        return RENAMED[path]
     close = difflib.get_close_matches(path, field_names(base_config()), n=1)
     return close[0] if close else None
+
+
+def unknown_field_message(path: str) -> str:
+    """'unknown config field X (did you mean Y?)', or for a renamed field, its new name."""
+    if path in RENAMED:
+        return f"config field '{path}' is now '{RENAMED[path]}'"
+    close = closest_field(path)
+    hint = f" (did you mean '{close}'?)" if close else ""
+    return f"unknown config field '{path}'{hint}"
 
 
 def check_known_fields(config: ml_collections.ConfigDict) -> None:
@@ -140,9 +199,7 @@ def check_known_fields(config: ml_collections.ConfigDict) -> None:
         for key in cfg.keys():
             path = f"{prefix}{key}"
             if key not in ref:
-                close = closest_field(path)
-                hint = f" (did you mean '{close}'?)" if close else ""
-                problems.append(f"unknown config field '{path}'{hint}")
+                problems.append(unknown_field_message(path))
             elif isinstance(ref[key], ml_collections.ConfigDict):
                 if isinstance(cfg[key], ml_collections.ConfigDict):
                     walk(cfg[key], ref[key], path + ".")
@@ -160,10 +217,13 @@ def _require(ok: bool, field: str, value: Any, allowed: str) -> None:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Fail fast on fields that are unknown or out of range, naming the field and the range."""
+    """Fail fast on fields that are unknown or out of range, naming the field and the range.
+    The method's and the encoder's blocks are checked by their own settings classes."""
     check_known_fields(config)
     c = config
-    _require(c.method in ("simclr", "byol"), "method", c.method, "use simclr or byol")
+    _require(
+        c.method in methods.METHODS, "method", c.method, f"use one of {methods.METHODS.names()}"
+    )
     _require(c.batch_size >= 2, "batch_size", c.batch_size, "must be >= 2")
     _require(c.total_steps >= 1, "total_steps", c.total_steps, "must be >= 1")
     _require(c.log_every >= 1, "log_every", c.log_every, "must be >= 1")
@@ -189,31 +249,96 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "must be None or a non-empty tuple of 0.01 and/or 0.1 (the label fractions below 100% "
         "that `pretrain` evaluates)",
     )
-    _require(c.temperature > 0, "temperature", c.temperature, "must be > 0")
-    _require(
-        c.loss_block_size is None or c.loss_block_size >= 1,
-        "loss_block_size",
-        c.loss_block_size,
-        "must be None (direct) or >= 1",
-    )
-    _require(0.0 <= c.base_tau <= 1.0, "base_tau", c.base_tau, "must be in [0, 1]")
-    _require(c.model.convnet_grid >= 1, "model.convnet_grid", c.model.convnet_grid, "must be >= 1")
+    methods.validate_hparams(c)
+    models.validate_encoder_config(c.model)
     _require(
         c.model.projector_layers >= 1, "model.projector_layers", c.model.projector_layers, ">= 1"
     )
     for name in ("projector_hidden", "projector_dim", "predictor_hidden"):
         _require(c.model[name] >= 1, f"model.{name}", c.model[name], "must be >= 1")
-    _require(c.model.width > 0, "model.width", c.model.width, "must be > 0")
-    features = tuple(c.model.convnet_features)
-    _require(
-        len(features) > 0 and all(f >= 1 for f in features),
-        "model.convnet_features",
-        features,
-        "must be a non-empty tuple of channel counts >= 1",
-    )
     _require(
         c.num_devices is None or c.num_devices >= 1,
         "num_devices",
         c.num_devices,
         "must be None (all devices) or >= 1",
     )
+
+
+# ----------------------------------------------------------------------------- persistence
+
+
+def migrate(saved: dict) -> dict:
+    """A saved config (nested dicts, as in config.json) with renamed fields under their new
+    names (:data:`RENAMED`), so that runs written by older versions load."""
+    saved = json.loads(json.dumps(saved))  # a deep copy
+    for old, new in RENAMED.items():
+        *parents, leaf = old.split(".")
+        node = saved
+        for p in parents:
+            node = node.get(p, {}) if isinstance(node, dict) else {}
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node.pop(leaf)
+        *new_parents, new_leaf = new.split(".")
+        target = saved
+        for p in new_parents:
+            target = target.setdefault(p, {})
+        target[new_leaf] = value
+    return saved
+
+
+def from_dict(saved: dict) -> ml_collections.ConfigDict:
+    """The schema's config with the values of ``saved`` (migrated); fields the schema gained
+    since take their defaults, so older runs still load."""
+    config = base_config()
+
+    def merge(target, values):
+        for key, value in values.items():
+            if isinstance(value, dict) and key in target and hasattr(target[key], "items"):
+                merge(target[key], value)
+            else:
+                with target.ignore_type():
+                    target[key] = tuple(value) if isinstance(value, list) else value
+
+    merge(config, migrate(saved))
+    return config
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+    """The config as the JSON a run saves (``config.json``)."""
+    return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
+def changes(saved: dict | None, config: ml_collections.ConfigDict) -> list[str]:
+    """``'key: saved -> now'`` for each field of ``config`` whose value differs from ``saved``
+    (a run's config.json, migrated; fields it lacks, added to the schema since, are not
+    changes). Empty when ``saved`` is None."""
+    if saved is None:
+        return []
+    saved = _flatten(migrate(saved))
+    now = _flatten(json.loads(config.to_json_best_effort()))
+    return [
+        f"{key}: {saved[key]!r} -> {now.get(key, '(absent)')!r}"
+        for key in sorted(saved)
+        if key not in now or now[key] != saved[key]
+    ]
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def read_saved(path: str) -> dict | None:
+    """The JSON object in ``path`` (a run's config.json), or None if missing or unreadable."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    return saved if isinstance(saved, dict) else None

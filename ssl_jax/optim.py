@@ -59,9 +59,16 @@ def decay_mask(params: Any) -> Any:
 
 
 def make_optimizer(
-    config: Any, *, total_steps: int, global_batch_size: int
+    config: Any,
+    *,
+    total_steps: int,
+    global_batch_size: int,
+    decay_mask: Callable[[Any], Any] = decay_mask,
 ) -> tuple[optax.GradientTransformation, Callable[[Any], Any]]:
     """Build ``(optimizer, schedule)`` from the config fields.
+
+    ``decay_mask(params)`` says which parameters get weight decay and LARS adaptation (the
+    encoder's policy, :func:`ssl_jax.models.decay_mask_for`; default: ``ndim > 1``).
 
     Fields read: ``optimizer`` (lars | sgd | adamw), ``base_lr``, ``lr_scaling``
     (linear | sqrt | none), ``warmup_steps``, ``weight_decay``, ``momentum`` (lars, sgd),

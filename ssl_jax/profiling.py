@@ -35,16 +35,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ssl_jax import parallel
+from ssl_jax.methods import METHODS, get_method
 
 __all__ = [
     "COLLECTIVE_KINDS",
-    "abstract_step_inputs",
     "classify",
     "collectives",
     "data_parallel_problems",
     "flops",
-    "jit_train_step",
     "step_sizes",
     "summarize",
     "traffic_bytes",
@@ -85,8 +83,14 @@ _STACK_FRAME = re.compile(r"stack_frame_id=(\d+)")
 _REPLICA_GROUPS = re.compile(r"replica_groups=(\{\{[^=]*?\}\}|\[[\d,]+\]<=\[[\d,]+\][^,]*|\{\})")
 _MESH_GROUPS = re.compile(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}")
 _SOURCE_PAIRS = re.compile(r"source_target_pairs=\{(.*?)\}\}")
-# Scopes of ssl_jax.losses (jax.named_scope): they appear in op_name as e.g. "jvp(nt_xent)/...".
-_LOSS_SCOPES = ("nt_xent", "contrastive_accuracy", "byol_loss")
+
+
+@functools.cache
+def _loss_scopes() -> tuple[str, ...]:
+    """The named scopes of every registered method's losses (``LOSS_SCOPES``): they appear in
+    op_name as e.g. "jvp(nt_xent)/..."."""
+    scopes = (s for _, method in METHODS.items() for s in method.LOSS_SCOPES)
+    return tuple(dict.fromkeys(scopes))
 
 
 def _arrays(shape: str) -> tuple[list[str], list[int]]:
@@ -208,7 +212,7 @@ def _source(frame_id: int, tables: dict[str, dict[int, str]]) -> str:
 
 def _scope(op_name: str) -> str:
     """The ssl_jax.losses scope an op belongs to ('nt_xent', ...), or ''."""
-    for scope in _LOSS_SCOPES:
+    for scope in _loss_scopes():
         if re.search(rf"[(/]{scope}[)/]", op_name):
             return scope
     return ""
@@ -313,6 +317,7 @@ def step_sizes(state: Any, config: Any) -> dict[str, Any]:
     """The sizes a data-parallel step's collectives are judged against (see data_parallel_problems).
 
     Returns:
+      ``loss_scopes``: the named scopes of the method's losses (its ``LOSS_SCOPES``);
       ``param_bytes``: the byte sizes of the parameter arrays (their gradients are all-reduced);
       ``stat_bytes``: of per-channel statistics (BatchNorm batch statistics, the embedding std
       metric); ``embed_bytes``: of the ``[2, N, P]`` global float32 embeddings of a contrastive
@@ -324,6 +329,7 @@ def step_sizes(state: Any, config: Any) -> dict[str, Any]:
 
     projector_dim = int(config.model.projector_dim)
     return dict(
+        loss_scopes=tuple(get_method(config.method).LOSS_SCOPES),
         param_bytes=sizes(state.params),
         stat_bytes=sizes(state.batch_stats) | {projector_dim * 4},
         embed_bytes=2 * int(config.batch_size) * projector_dim * 4,
@@ -410,36 +416,3 @@ def flops(compiled: jax.stages.Compiled) -> float | None:
     if not cost or "flops" not in cost:
         return None
     return float(cost["flops"])
-
-
-def jit_train_step(method: Any, mesh: jax.sharding.Mesh) -> Any:
-    """``method.train_step`` jitted as ``ssl_jax.train.train`` jits it (same shardings, donation).
-
-    State and key replicated, batch sharded on ``'data'``, outputs replicated, state donated.
-    """
-    repl = parallel.replicated(mesh)
-    return jax.jit(
-        method.train_step,
-        in_shardings=(repl, parallel.data_sharding(mesh), repl),
-        out_shardings=(repl, repl),
-        donate_argnums=(0,),
-    )
-
-
-def abstract_step_inputs(
-    config: Any, method: Any, mesh: jax.sharding.Mesh, source_size: int | None = None
-) -> tuple[Any, dict[str, jax.ShapeDtypeStruct], jax.ShapeDtypeStruct]:
-    """(state, batch, key) as ShapeDtypeStructs with the train loop's shardings, for ``.lower``.
-
-    No array is allocated: the step can be compiled and inspected at any batch size. The batch is
-    ``uint8 [config.batch_size, S, S, config.image_channels]`` with ``S = source_size`` (the
-    dataset's image side; default ``config.image_size``).
-    """
-    repl = parallel.replicated(mesh)
-    key = jax.eval_shape(lambda: jax.random.key(0))
-    shapes = jax.eval_shape(functools.partial(method.init_state, config), key)
-    state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
-    side = source_size or config.image_size
-    image = (config.batch_size, side, side, config.image_channels)
-    batch = {"image": jax.ShapeDtypeStruct(image, jnp.uint8, sharding=parallel.data_sharding(mesh))}
-    return state, batch, jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=repl)

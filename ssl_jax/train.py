@@ -1,155 +1,139 @@
-"""The pretraining loop: data in, jitted steps, metrics and checkpoints out. Nothing else.
+"""The pretraining loop: init or restore, then jitted steps with periodic hooks. Nothing else.
+
+    train(config, workdir)                         # the default hooks (ssl_jax.hooks)
+    train(config, workdir, extra_hooks=[MyHook()])  # and yours, after them
 
 Resuming is exact: the state (including the step), the data iterator's position and the PRNG
 (every step's key is ``fold_in(key(seed), step)``) all come back from the checkpoint, so a killed
 run started again with the same command logs the same losses as one that was never interrupted.
+
+What happens around a step -- the progress line and metrics, the NaN stop, the kNN monitor,
+checkpoints, Ctrl-C -- is a hook (:mod:`ssl_jax.hooks`), each a small object.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import os
-import signal
-import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
-import numpy as np
 
 from ssl_jax import config as config_lib
 from ssl_jax import data, logs, parallel
-from ssl_jax.checkpoint import Checkpointer
+from ssl_jax import hooks as hooks_lib
+from ssl_jax.hooks import NonFiniteLossError, TrainingInterrupted
 from ssl_jax.methods import get_method
+from ssl_jax.run import Run, abstract_state, jit_train_step
 
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or Inf; the run stopped without saving the bad state."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) stopped the run between two steps, after a checkpoint of the last
-    completed step was saved (``step``); the same command resumes from it."""
-
-    def __init__(self, step: int):
-        super().__init__(f"interrupted after step {step}; checkpoint saved")
-        self.step = step
-
-
-class _StopOnSigint:
-    """While installed, the first SIGINT only sets ``requested`` (the loop then saves and stops
-    between steps); a second one interrupts at once. Active only in the main thread of a
-    single-process run: with several processes a save is collective, and one process's Ctrl-C
-    must not make it save alone."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        logs.console("\nCtrl-C: saving a checkpoint after this step (Ctrl-C again to stop now)")
-
-    def install(self) -> None:
-        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-
-    def uninstall(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+__all__ = ["NonFiniteLossError", "TrainResult", "TrainingInterrupted", "train"]
 
 
 @dataclasses.dataclass
 class TrainResult:
-    """What ``train`` returns: the final state (on the mesh), the last metrics, the workdir."""
+    """What ``train`` returns: the final state (on the mesh) and the workdir."""
 
     state: Any
-    last_metrics: dict
     workdir: str
 
 
-def make_source(config, split: str | None = None, *, unreadable: str | None = None):
-    """The configured data source (for training, or another split for evaluation).
+@dataclasses.dataclass
+class Loop:
+    """What the hooks see: the run's pieces and the state after the current step."""
 
-    For a ``folder:`` dataset, images load with ``config.image_channels`` channels, and
-    ``unreadable`` says what an undecodable file does: 'substitute' (the next readable file,
-    with a warning) or 'raise' (an error naming it). By default the training split substitutes
-    (a shuffled stream) and every other split raises (evaluation must score the right images).
-    """
-    split = split or config.train_split
-    kwargs: dict[str, Any] = {}
-    if config.data_in_memory:
-        kwargs["in_memory"] = True
-    if config.dataset.startswith("folder:"):
-        kwargs["channels"] = config.image_channels
-        default = "substitute" if split == config.train_split else "raise"
-        kwargs["unreadable"] = unreadable or default
-    if config.dataset == "synthetic":
-        shape = (config.image_size, config.image_size, config.image_channels)
-        kwargs = dict(
-            image_shape=shape,
-            num_examples=config.synthetic_examples,
-            num_classes=config.synthetic_classes,
-        )
-    return data.get_source(
-        config.dataset,
-        split=split,
-        data_dir=config.data_dir,
-        image_size=config.data_image_size,
-        seed=config.seed,
-        **kwargs,
-    )
+    config: Any
+    run: Run
+    mesh: Any
+    source: Any
+    iterator: Any
+    ckpt: Any
+    state: Any
+    start_step: int
+    is_main: bool
+    step: int = 0
+    metrics: dict = dataclasses.field(default_factory=dict)
+    saved_step: int = 0  # the newest step with a checkpoint (saved or in flight)
+    record: dict = dataclasses.field(default_factory=dict)  # extra values for this step's log
+    writer: Any = None  # logs.MetricWriter on process 0
+    guard: Any = None  # hooks.FiniteLossGuard
+    t_mark: float = 0.0  # time and step of the last log line (or of the first step's end) ...
+    step_mark: int = 0
+    untimed_s: float = 0.0  # ... and time spent in hooks since then (not training)
+
+    @property
+    def last(self) -> bool:
+        return self.step == self.config.total_steps
 
 
-def _check_source(source, config) -> None:
-    h, w, c = source.image_shape
-    if c != config.image_channels:
-        raise ValueError(
-            f"The dataset {config.dataset!r} has {c}-channel images but "
-            f"config.image_channels={config.image_channels}: set --config.image_channels={c}."
-        )
-    if min(h, w) < config.image_size:
-        raise ValueError(
-            f"The dataset's images are {h}x{w} but config.image_size={config.image_size} asks "
-            f"for larger views: set --config.image_size to at most {min(h, w)} (or set "
-            "config.data_image_size to upsample on the host)."
-        )
-
-
-def _abstract_state(init_fn, key, sharding):
-    shapes = jax.eval_shape(init_fn, key)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
-
-
-def _first_nonfinite(steps: list[int], losses: list) -> tuple[int, float] | None:
-    if not losses:
-        return None
-    values = np.asarray(jax.device_get(losses), dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(values))
-    return (steps[bad[0]], float(values[bad[0]])) if bad.size else None
-
-
-def train(config, workdir: str) -> TrainResult:
-    """Pretrain as configured, writing checkpoints, metrics and the config into ``workdir``."""
-    config_lib.validate(config)
-    method = get_method(config.method)
-    mesh = parallel.make_mesh(config.num_devices)
-    parallel.check_global_batch(config.batch_size, mesh)
-    is_main = jax.process_index() == 0
-    workdir = os.path.abspath(workdir)
-
-    source = make_source(config)
-    _check_source(source, config)
+def _open_source(config: Any) -> Any:
+    source = data.source_from_config(config)
+    data.check_source(source, config)
     if len(source) < config.batch_size:
         raise ValueError(
             f"The dataset has {len(source)} images, fewer than one global batch "
             f"(config.batch_size={config.batch_size}): lower the batch size."
         )
+    return source
+
+
+def _restore(ckpt: Any, step: int, abstract: Any, run: Run, changes: list[str]) -> tuple:
+    """The checkpoint of ``step`` into ``abstract``; a ValueError naming the config changes
+    when the saved arrays do not fit this config's model and optimizer."""
+    try:
+        mismatches = ckpt.mismatches(step, abstract)
+    except Exception:  # noqa: BLE001 - no readable metadata: let the restore itself decide
+        mismatches = []
+    if mismatches:
+        ckpt.close()
+        shown = "; ".join(mismatches[:3]) + (
+            f"; and {len(mismatches) - 3} more" if len(mismatches) > 3 else ""
+        )
+        raise ValueError(
+            f"The checkpoint {ckpt.directory}/{step} does not fit the model and optimizer "
+            f"of this config ({shown}). Config changes since the run began: "
+            f"{'; '.join(changes) or 'none found'}. Resume with the config saved in "
+            f"{run.config_path}, or give a new --workdir."
+        )
+    return ckpt.restore(step, abstract)
+
+
+def _header(loop: Loop, latest: int | None, changes: list[str], dropped: int) -> None:
+    c, n_dev = loop.config, loop.mesh.devices.size
+    logs.console(
+        f"ssl_jax {c.method}: {c.dataset} ({len(loop.source):,} images, "
+        f"{loop.iterator.steps_per_epoch} steps/epoch), global batch {c.batch_size} on {n_dev} "
+        f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es)"
+    )
+    if latest is not None:
+        logs.console(f"resumed from {loop.ckpt.directory}/{latest} at step {loop.start_step}")
+    if changes:
+        logs.console(
+            "the config differs from the one this run was started with (config.json now "
+            "records the new values): " + "; ".join(changes)
+        )
+    if dropped:
+        logs.console(
+            f"metrics.jsonl: dropped {dropped} record(s) logged after step "
+            f"{loop.start_step} (they are logged again)"
+        )
+    if loop.start_step >= c.total_steps:
+        logs.console(
+            f"nothing to train: the checkpoint is at step {loop.start_step} and "
+            f"config.total_steps={c.total_steps} (raise it to train longer)"
+        )
+
+
+def init_or_restore(config: Any, workdir: str) -> tuple[Loop, list[str], int | None]:
+    """The loop's pieces at the step training starts from: a fresh state, or the latest
+    checkpoint (state and data position). Also the config changes since the run began and the
+    restored step (None for a fresh run)."""
+    config_lib.validate(config)
+    mesh = parallel.make_mesh(config.num_devices)
+    parallel.check_global_batch(config.batch_size, mesh)
+    run = Run(workdir)
+    source = _open_source(config)
     iterator = data.train_iterator(
         source,
         global_batch_size=config.batch_size,
@@ -158,225 +142,66 @@ def train(config, workdir: str) -> TrainResult:
         process_count=jax.process_count(),
         worker_count=config.num_workers,
     )
-    steps_per_epoch = iterator.steps_per_epoch
-
     repl = parallel.replicated(mesh)
-    key = jax.random.key(config.seed)
-    init_fn = functools.partial(method.init_state, config)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
+    ckpt = run.checkpointer(max_to_keep=config.keep_checkpoints)
     latest = ckpt.latest_step()
-    changes = config_changes(workdir, config) if latest is not None else []
+    changes = config_lib.changes(run.saved_config(), config) if latest is not None else []
     if latest is None:
-        state = jax.jit(init_fn, out_shardings=repl)(key)
+        init = get_method(config.method).init_state
+        state = jax.jit(lambda k: init(config, k), out_shardings=repl)(jax.random.key(config.seed))
     else:
-        abstract = _abstract_state(init_fn, key, repl)
-        try:
-            mismatches = ckpt.mismatches(latest, abstract)
-        except Exception:  # noqa: BLE001 - no readable metadata: let the restore itself decide
-            mismatches = []
-        if mismatches:
-            ckpt.close()
-            shown = "; ".join(mismatches[:3]) + (
-                f"; and {len(mismatches) - 3} more" if len(mismatches) > 3 else ""
-            )
-            raise ValueError(
-                f"The checkpoint {ckpt.directory}/{latest} does not fit the model and optimizer "
-                f"of this config ({shown}). Config changes since the run began: "
-                f"{'; '.join(changes) or 'none found'}. Resume with the config saved in "
-                f"{os.path.join(workdir, 'config.json')}, or give a new --workdir."
-            )
-        state, data_state = ckpt.restore(latest, abstract)
+        state, data_state = _restore(ckpt, latest, abstract_state(config, repl), run, changes)
         iterator.set_state(data_state)
-    start_step = int(state.step)
+    start = int(state.step)
+    loop = Loop(config, run, mesh, source, iterator, ckpt, state, start, jax.process_index() == 0)
+    loop.step = loop.saved_step = start
+    return loop, changes, latest
 
-    if is_main:
-        os.makedirs(workdir, exist_ok=True)
-        logs.write_atomic(
-            os.path.join(workdir, "config.json"),
-            config.to_json_best_effort(indent=2, sort_keys=True),
-        )
-        writer = logs.MetricWriter(workdir, keep_through_step=start_step)
-        n_dev = mesh.devices.size
-        logs.console(
-            f"ssl_jax {config.method}: {config.dataset} ({len(source):,} images, "
-            f"{steps_per_epoch} steps/epoch), global batch {config.batch_size} on {n_dev} "
-            f"{jax.devices()[0].platform} device(s), {jax.process_count()} process(es)"
-        )
-        if latest is not None:
-            logs.console(f"resumed from {ckpt.directory}/{latest} at step {start_step}")
-        if changes:
-            logs.console(
-                "the config differs from the one this run was started with (config.json now "
-                "records the new values): " + "; ".join(changes)
-            )
-        if writer.dropped:
-            logs.console(
-                f"metrics.jsonl: dropped {writer.dropped} record(s) logged after step "
-                f"{start_step} (they are logged again)"
-            )
-        if start_step >= config.total_steps:
-            logs.console(
-                f"nothing to train: the checkpoint is at step {start_step} and "
-                f"config.total_steps={config.total_steps} (raise it to train longer)"
-            )
 
-    monitor = None
-    if is_main and config.eval_every:
-        from ssl_jax.evaluation.monitor import make_monitor  # evaluation imports this module
+def train(config: Any, workdir: str, *, extra_hooks: Sequence[hooks_lib.Hook] = ()) -> TrainResult:
+    """Pretrain as configured, writing checkpoints, metrics and the config into ``workdir``.
 
-        monitor = make_monitor(config, source, lambda: make_source(config, config.eval_split))
-
-    step_fn = jax.jit(
-        method.train_step,
-        in_shardings=(repl, parallel.data_sharding(mesh), repl),
-        out_shardings=(repl, repl),
-        donate_argnums=(0,),
-    )
+    ``extra_hooks`` (:class:`ssl_jax.hooks.Hook`) run before the default ones at every moment
+    (:func:`ssl_jax.hooks.default_hooks`: NaN stop, kNN monitor, progress and metrics,
+    checkpoints, Ctrl-C). Raises NonFiniteLossError when the loss is NaN or Inf (nothing of that
+    state is saved) and TrainingInterrupted after a Ctrl-C.
+    """
+    loop, changes, latest = init_or_restore(config, workdir)
+    if loop.is_main:
+        os.makedirs(loop.run.workdir, exist_ok=True)
+        logs.write_atomic(loop.run.config_path, config_lib.to_json(config))
+        loop.writer = logs.MetricWriter(loop.run.workdir, keep_through_step=loop.start_step)
+        _header(loop, latest, changes, loop.writer.dropped)
+    hooks = [*extra_hooks, *hooks_lib.default_hooks(loop)]
+    step_fn = jit_train_step(get_method(config.method), loop.mesh)
     # Global arrays are made under jit (device_put cannot place onto other processes' devices).
-    key = jax.jit(lambda: jax.random.key(config.seed), out_shardings=repl)()
-
-    pending_steps: list[int] = []
-    pending_losses: list = []
-    metrics: dict = {}
-    t_last, step_last = time.perf_counter(), start_step
-    t_start = t_last
-
-    def check_finite() -> None:
-        bad = _first_nonfinite(pending_steps, pending_losses)
-        pending_steps.clear()
-        pending_losses.clear()
-        if bad is not None:
-            step, value = bad
-            ckpt.wait()
-            kept = ckpt.latest_step()
-            raise NonFiniteLossError(
-                f"The loss is {value} at step {step}; the run stopped there. The last good "
-                f"checkpoint ({'step ' + str(kept) if kept is not None else 'none'}) is kept. "
-                "Lower config.base_lr, raise config.warmup_steps or use float32 compute."
-            )
-
-    # Fault injection for the resume tests: die by SIGKILL before this step, once every
-    # checkpoint in flight is on disk ("killed after a checkpoint"); or send this process a
-    # SIGINT (Ctrl-C) before that step.
-    kill_at = int(os.environ.get("SSL_JAX_SIMULATE_KILL_AT_STEP", "0"))
-    sigint_at = int(os.environ.get("SSL_JAX_SIMULATE_SIGINT_AT_STEP", "0"))
-    saved_step = start_step  # the newest step with a checkpoint (saved or in flight)
-
-    stop = _StopOnSigint()
+    key = jax.jit(
+        lambda: jax.random.key(config.seed), out_shardings=parallel.replicated(loop.mesh)
+    )()
+    t_start = loop.t_mark = time.perf_counter()
+    loop.step_mark = loop.start_step
     try:
-        stop.install()
-        for step in range(start_step + 1, config.total_steps + 1):
-            if step == kill_at:
-                ckpt.wait()
-                os.kill(os.getpid(), signal.SIGKILL)
-            if step == sigint_at:
-                os.kill(os.getpid(), signal.SIGINT)
-            if stop.requested:
-                check_finite()
-                if saved_step != step - 1:
-                    ckpt.save(step - 1, state, iterator.get_state())
-                ckpt.wait()
-                raise TrainingInterrupted(step - 1)
-            batch = next(iterator)
-            images = parallel.shard_batch({"image": batch["image"]}, mesh)
-            state, metrics = step_fn(state, images, key)
-            pending_steps.append(step)
-            pending_losses.append(metrics["loss"])
-            if step == start_step + 1 and is_main:
-                jax.block_until_ready(metrics["loss"])
-                logs.console(
-                    f"compiled and ran the first step in {time.perf_counter() - t_start:.1f} s"
-                )
-                t_last, step_last = time.perf_counter(), step
-
-            last = step == config.total_steps
-            knn = {}
-            if monitor is not None and (step % config.eval_every == 0 or last):
-                check_finite()
-                t_knn = time.perf_counter()
-                knn = monitor(state)
-                logs.console(
-                    f"step {step}: kNN monitor top-1 {100 * knn['knn_top1']:.1f}% "
-                    f"[{time.perf_counter() - t_knn:.1f} s]"
-                )
-                t_last += time.perf_counter() - t_knn  # keep images/s about training
-                if not (step % config.log_every == 0 or last):
-                    writer.write(step, knn)
-            if step % config.log_every == 0 or last:
-                check_finite()
-                host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                host.update(knn)
-                now = time.perf_counter()
-                ips = (step - step_last) * config.batch_size / max(now - t_last, 1e-9)
-                host.update(epoch=step / steps_per_epoch, images_per_s=ips)
-                if is_main:
-                    writer.write(step, host)
-                    # No steps timed since the last line (the first step, its compile excluded):
-                    # no speed, so no ETA.
-                    eta = (config.total_steps - step) * config.batch_size / ips if ips > 0 else None
-                    logs.console(
-                        logs.progress_line(
-                            step, config.total_steps, host["epoch"], host["loss"], ips, eta
-                        )
-                    )
-                t_last, step_last = now, step
-            if (config.checkpoint_every and step % config.checkpoint_every == 0) or last:
-                check_finite()
-                ckpt.save(step, state, iterator.get_state())
-                saved_step = step
-        ckpt.wait()
-        if stop.requested:  # during the last step: trained and saved, but stop here
-            raise TrainingInterrupted(saved_step)
+        for hook in hooks:
+            hook.start(loop)
+        for step in range(loop.start_step + 1, config.total_steps + 1):
+            for hook in hooks:
+                hook.before_step(loop, step)
+            batch = next(loop.iterator)
+            images = parallel.shard_batch({"image": batch["image"]}, loop.mesh)
+            loop.state, loop.metrics = step_fn(loop.state, images, key)
+            loop.step = step
+            if step == loop.start_step + 1 and loop.is_main:
+                jax.block_until_ready(loop.metrics["loss"])
+                loop.t_mark, loop.step_mark = time.perf_counter(), step
+                logs.console(f"compiled and ran the first step in {loop.t_mark - t_start:.1f} s")
+            for hook in hooks:
+                hook.after_step(loop)
+        for hook in hooks:
+            hook.end(loop)
     finally:
-        stop.uninstall()
-        ckpt.close()
-        if is_main:
-            writer.close()
-    last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()} if metrics else {}
-    return TrainResult(state=state, last_metrics=last_metrics, workdir=workdir)
-
-
-def config_changes(workdir: str, config) -> list[str]:
-    """``'key: saved -> now'`` for each field of ``config`` whose value differs from the run's
-    ``workdir/config.json`` (fields the saved file lacks, added to the schema since, are not
-    changes). Empty when there is no readable saved config."""
-    try:
-        with open(os.path.join(workdir, "config.json")) as f:
-            saved = _flatten(json.load(f))
-    except (OSError, json.JSONDecodeError):
-        return []
-    now = _flatten(json.loads(config.to_json_best_effort()))
-    return [
-        f"{key}: {saved[key]!r} -> {now.get(key, '(absent)')!r}"
-        for key in sorted(saved)
-        if key not in now or now[key] != saved[key]
-    ]
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
-def load_config(workdir: str):
-    """The resolved config a run saved in ``workdir/config.json``. Fields added to the schema
-    after the run was made take their defaults, so older runs still load."""
-    with open(os.path.join(workdir, "config.json")) as f:
-        saved = json.load(f)
-    config = config_lib.base_config()
-
-    def merge(target, values):
-        for key, value in values.items():
-            if isinstance(value, dict) and key in target and hasattr(target[key], "items"):
-                merge(target[key], value)
-            else:
-                with target.ignore_type():
-                    target[key] = tuple(value) if isinstance(value, list) else value
-
-    merge(config, saved)
-    return config
+        for hook in reversed(hooks):
+            hook.close(loop)
+        loop.ckpt.close()
+        if loop.writer is not None:
+            loop.writer.close()
+    return TrainResult(state=loop.state, workdir=loop.run.workdir)

@@ -13,7 +13,7 @@ def tiny_config(method: str = "simclr", **overrides):
     c.image_size, c.image_channels = 16, 1
     c.augment = "grayscale"
     c.model.encoder = "convnet"
-    c.model.convnet_features = (4, 8, 8, 16)
+    c.model.convnet.features = (4, 8, 8, 16)
     c.model.projector_hidden, c.model.projector_dim, c.model.predictor_hidden = 32, 16, 32
     c.batch_size = 16
     c.total_steps = 6
@@ -36,8 +36,7 @@ def config_flags_for(config) -> list[str]:
     out = []
     for k, v in config.items():
         if hasattr(v, "items"):
-            for kk, vv in v.items():
-                out.append(f"--config.{k}.{kk}={_fmt(vv)}")
+            out += [f.replace("--config.", f"--config.{k}.", 1) for f in config_flags_for(v)]
         elif v is not None:
             out.append(f"--config.{k}={_fmt(v)}")
     return out

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from faults import SigintBeforeStep
 from helpers import config_flags_for, tiny_config
 from ssl_jax import cli, logs
 
@@ -189,8 +190,7 @@ def test_ctrl_c_saves_the_last_step_and_the_run_resumes_exactly(tmp_path, monkey
     handler = signal.getsignal(signal.SIGINT)
     args = ["pretrain", "--config", RECIPE, "--workdir", str(tmp_path / "run")]
     args += config_flags_for(config)
-    monkeypatch.setenv("SSL_JAX_SIMULATE_SIGINT_AT_STEP", "7")
-    assert cli.main(args) == 130
+    assert cli.main(args, extra_hooks=[SigintBeforeStep(7)]) == 130
     captured = capsys.readouterr()
     assert "Ctrl-C: saving a checkpoint after this step" in captured.out
     assert "interrupted after step 6, which is checkpointed" in captured.err
@@ -198,7 +198,6 @@ def test_ctrl_c_saves_the_last_step_and_the_run_resumes_exactly(tmp_path, monkey
     ckpt = Checkpointer(str(tmp_path / "run" / "checkpoints"))
     assert ckpt.all_steps() == [4, 6]
     ckpt.close()
-    monkeypatch.delenv("SSL_JAX_SIMULATE_SIGINT_AT_STEP")
     assert cli.main(args) == 0
     assert "at step 6" in capsys.readouterr().out
     expected = {r["step"]: r["loss"] for r in logs.read_metrics(str(tmp_path / "ref"))}

@@ -1,6 +1,7 @@
 """Config schema, recipes and fail-fast validation."""
 
 import importlib.util
+import json
 import pathlib
 
 import pytest
@@ -59,8 +60,8 @@ def test_unknown_field_suggests_the_right_one():
 def test_unknown_nested_field():
     c = config_lib.base_config()
     c.model.unlock()
-    c.model.widht = 2
-    with pytest.raises(ValueError, match=r"'model.widht'.*'model.width'"):
+    c.model.encodr = "convnet"
+    with pytest.raises(ValueError, match=r"'model.encodr'.*'model.encoder'"):
         config_lib.validate(c)
 
 
@@ -70,15 +71,16 @@ def test_unknown_nested_field():
         ("method", "moco"),
         ("batch_size", 0),
         ("total_steps", 0),
-        ("temperature", 0.0),
+        ("simclr.temperature", 0.0),
         ("image_channels", 2),
-        ("base_tau", 1.5),
+        ("byol.base_tau", 1.5),
         ("eval_every", -1),
     ],
 )
 def test_out_of_range_values_name_the_field(field, value):
     c = config_lib.base_config()
-    c[field] = value
+    group, _, leaf = field.rpartition(".")
+    (c[group] if group else c)[leaf] = value
     with pytest.raises(ValueError, match=f"config.{field}"):
         config_lib.validate(c)
 
@@ -89,9 +91,9 @@ def test_out_of_range_values_name_the_field(field, value):
         ("model.projector_dim", 0),
         ("model.projector_hidden", 0),
         ("model.predictor_hidden", -1),
-        ("model.width", 0),
-        ("model.convnet_features", (32, 0)),
-        ("model.convnet_features", ()),
+        ("model.resnet.width", 0),
+        ("model.convnet.features", (32, 0)),
+        ("model.convnet.features", ()),
         ("num_devices", 0),
     ],
 )
@@ -114,3 +116,29 @@ def test_data_in_memory_only_for_datasets_that_support_it():
     c.dataset = "folder:/images"
     with pytest.raises(ValueError, match=r"config.data_in_memory.*'folder:/images'"):
         config_lib.validate(c)
+
+
+@pytest.mark.parametrize(
+    "old,new",
+    [("temperature", "simclr.temperature"), ("model.convnet_grid", "model.convnet.grid")],
+)
+def test_a_renamed_field_names_its_new_name(old, new):
+    c = config_lib.base_config()
+    group, _, leaf = old.rpartition(".")
+    target = c[group] if group else c
+    target.unlock()
+    target[leaf] = 1
+    with pytest.raises(ValueError, match=rf"'{old}' is now '{new}'"):
+        config_lib.validate(c)
+
+
+def test_old_config_json_fields_load_under_their_new_names():
+    saved = json.loads(config_lib.to_json(config_lib.base_config()))
+    del saved["simclr"], saved["model"]["convnet"]
+    saved.update(temperature=0.5, loss_block_size=64)
+    saved["model"].update(convnet_features=[8, 16], convnet_grid=2, head_pools=True)
+    config = config_lib.from_dict(saved)
+    assert config.simclr.temperature == 0.5 and config.simclr.loss_block_size == 64
+    assert config.model.convnet.features == (8, 16) and config.model.convnet.grid == 2
+    assert config.model.convnet.head_pools is True
+    config_lib.validate(config)

@@ -357,8 +357,8 @@ def test_folder_where_nothing_decodes_fails_when_built(tmp_path):
 
 def test_make_source_folder_channels_splits_and_monitor(tmp_path, capsys):
     from helpers import tiny_config
+    from ssl_jax.data import source_from_config as make_source
     from ssl_jax.evaluation.monitor import make_monitor
-    from ssl_jax.train import make_source
 
     flat = tmp_path / "flat"
     save_pngs(flat, ["a/0.png", "a/1.png", "b/2.png", "b/3.png"])

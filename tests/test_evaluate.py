@@ -9,6 +9,7 @@ import pytest
 
 from helpers import tiny_config
 from ssl_jax import augment, cli, load_encoder
+from ssl_jax.data import source_from_config as make_source
 from ssl_jax.evaluation import (
     class_balanced_subset,
     evaluate,
@@ -25,7 +26,7 @@ from ssl_jax.evaluation import (
     validation_split,
 )
 from ssl_jax.methods import get_method
-from ssl_jax.train import make_source, train
+from ssl_jax.train import train
 
 # ----------------------------------------------------------------------------- kNN
 

@@ -9,6 +9,7 @@ import pytest
 
 from helpers import tiny_config
 from ssl_jax import cli
+from ssl_jax.data import source_from_config as make_source
 from ssl_jax.evaluation import (
     FinetuneHParams,
     class_balanced_subset,
@@ -19,7 +20,8 @@ from ssl_jax.evaluation import (
     topk_accuracy,
 )
 from ssl_jax.evaluation import finetune as finetune_module  # the module
-from ssl_jax.train import load_config, make_source, train
+from ssl_jax.run import Run
+from ssl_jax.train import train
 
 # Higher rates than the defaults so that a few dozen steps from scratch learn the patterns. Every
 # test uses these settings (and one architecture), so they share one compiled train step.
@@ -55,7 +57,7 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def start(tiny_run):
     # The suite's supervised start, from the config as the suite reads it: one compilation.
-    return random_init_encoder(load_config(tiny_run[0].workdir))
+    return random_init_encoder(Run(tiny_run[0].workdir).config)
 
 
 def _logits(classifier, images):

@@ -9,10 +9,11 @@ import pytest
 from helpers import tiny_config
 from ssl_jax import logs
 from ssl_jax.data import ArraySource
+from ssl_jax.data import source_from_config as make_source
 from ssl_jax.evaluation import encoder_from_state
 from ssl_jax.evaluation.monitor import KnnMonitor, make_monitor
 from ssl_jax.methods import get_method
-from ssl_jax.train import make_source, train
+from ssl_jax.train import train
 
 
 def _initial_state(config):

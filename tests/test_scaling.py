@@ -1,7 +1,8 @@
 """The compiled data-parallel train steps hold only the collectives data parallelism needs (#5).
 
-The real SimCLR and BYOL steps (``helpers.tiny_config``) are jitted as ``ssl_jax.train`` jits them
-(``ssl_jax.profiling.jit_train_step``: state and key replicated, batch sharded on ``'data'``) and
+The real SimCLR and BYOL steps (``helpers.tiny_config``) are jitted by
+``ssl_jax.run.jit_train_step``, the very function ``ssl_jax.train.train`` runs (state and key
+replicated, batch sharded on ``'data'``), and
 compiled -- not run -- for the 8 fake CPU devices; ``ssl_jax.profiling.collectives`` reads the
 collectives from the optimised HLO and ``ssl_jax.profiling.data_parallel_problems`` judges them.
 Expected, and nothing else:
@@ -29,7 +30,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from helpers import tiny_config
-from ssl_jax import parallel, profiling
+from ssl_jax import parallel, profiling, run
 from ssl_jax.losses import nt_xent
 from ssl_jax.methods import get_method
 
@@ -43,8 +44,8 @@ def _compiled_step(method_name: str):
     config = tiny_config(method_name)
     method = get_method(method_name)
     mesh = parallel.make_mesh(N_DEV)
-    inputs = profiling.abstract_step_inputs(config, method, mesh)
-    compiled = profiling.jit_train_step(method, mesh).lower(*inputs).compile()
+    inputs = run.abstract_step_inputs(config, mesh)
+    compiled = run.jit_train_step(method, mesh).lower(*inputs).compile()
     text = compiled.as_text()
     return profiling.collectives(text, N_DEV), inputs[0], config, text
 
@@ -191,3 +192,19 @@ def test_checker_passes_a_data_parallel_step():
 def test_checker_flags_sharded_parameters_and_gathered_images(param_spec, gather_images):
     problems = _toy_problems(_toy_step_collectives(param_spec, gather_images))
     assert problems, "the checker missed a non-data-parallel collective"
+
+
+def test_train_runs_the_step_these_tests_compile(tmp_path, monkeypatch):
+    """The guarantee above is about the step ``train()`` runs: train jits its step with
+    ``ssl_jax.run.jit_train_step`` (counted here), the function compiled above."""
+    from ssl_jax import train as train_lib
+
+    calls = []
+
+    def counted(method, mesh):
+        calls.append(method.__name__)
+        return run.jit_train_step(method, mesh)
+
+    monkeypatch.setattr(train_lib, "jit_train_step", counted)
+    train_lib.train(tiny_config("byol", total_steps=1), str(tmp_path))
+    assert calls == ["ssl_jax.methods.byol"]

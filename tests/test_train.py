@@ -11,8 +11,9 @@ import pytest
 
 from helpers import config_flags_for, tiny_config
 from ssl_jax import logs, parallel
+from ssl_jax.data import source_from_config as make_source
 from ssl_jax.methods import byol, get_method
-from ssl_jax.train import NonFiniteLossError, make_source, train
+from ssl_jax.train import NonFiniteLossError, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -92,7 +93,7 @@ def test_batch_not_divisible_by_devices(tmp_path):
 
 def test_image_too_small_for_the_model_names_the_fix(tmp_path):
     config = tiny_config(
-        **{"model.encoder": "resnet18", "model.stem": "imagenet", "image_size": 16}
+        **{"model.encoder": "resnet18", "model.resnet.stem": "imagenet", "image_size": 16}
     )
     with pytest.raises(ValueError, match="cifar"):
         train(config, str(tmp_path))
@@ -115,12 +116,16 @@ def test_nan_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_path):
     assert all(k < bad_step for k in kept)
 
 
-def _run_cli(workdir, config, env_extra=None):
-    env = {**os.environ, "PYTHONPATH": REPO, **(env_extra or {})}
+def _run_cli(workdir, config, kill_before_step=None):
+    """``ssl-jax pretrain`` in a process of its own (with tests/faults.py's kill hook if asked)."""
+    env = {**os.environ, "PYTHONPATH": REPO}
+    entry = ["-m", "ssl_jax"]
+    if kill_before_step is not None:
+        faults = os.path.join(REPO, "tests", "faults.py")
+        entry = [faults, "--kill-before-step", str(kill_before_step)]
     cmd = [
         sys.executable,
-        "-m",
-        "ssl_jax",
+        *entry,
         "pretrain",
         "--config",
         os.path.join(REPO, "configs", "simclr_fashion_mnist.py"),
@@ -138,7 +143,7 @@ def test_killed_run_resumes_exactly(tmp_path, method):
     config = tiny_config(method, total_steps=10, checkpoint_every=4, log_every=1)
     train(config, str(tmp_path / "ref"))  # the uninterrupted reference, in this process
 
-    killed = _run_cli(tmp_path / "run", config, {"SSL_JAX_SIMULATE_KILL_AT_STEP": "7"})
+    killed = _run_cli(tmp_path / "run", config, kill_before_step=7)
     assert killed.returncode == -9
     resumed = _run_cli(tmp_path / "run", config)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -155,17 +160,17 @@ def test_killed_run_resumes_exactly(tmp_path, method):
 
 
 def test_head_pools_grid_features_is_the_globally_pooled_objective():
-    """convnet_grid=2 + head_pools: the head sees the global average of the 2x2 cells, so the
+    """convnet grid=2 + head_pools: the head sees the global average of the 2x2 cells, so the
     projections equal those of the grid-1 network with the same weights, while the features keep
     the four cells (whose mean is the grid-1 feature)."""
     from flax import nnx
 
-    from ssl_jax.methods import common
+    from ssl_jax.methods import network as common
 
     x = jax.random.uniform(jax.random.key(1), (4, 16, 16, 1))
     pooled = common.build_network(tiny_config(), nnx.Rngs(0))
     cells = common.build_network(
-        tiny_config(**{"model.convnet_grid": 2, "model.head_pools": True}), nnx.Rngs(0)
+        tiny_config(**{"model.convnet.grid": 2, "model.convnet.head_pools": True}), nnx.Rngs(0)
     )
     h1, z1 = pooled(x)
     h4, z4 = cells(x)
@@ -189,9 +194,9 @@ def test_resume_reports_config_changes_and_refuses_another_model(tmp_path, capsy
     train(tiny_config(total_steps=3), workdir)
     assert "nothing to train: the checkpoint is at step 3" in capsys.readouterr().out
 
-    wider = tiny_config(total_steps=4, **{"model.convnet_features": (8, 8, 8, 16)})
+    wider = tiny_config(total_steps=4, **{"model.convnet.features": (8, 8, 8, 16)})
     with pytest.raises(ValueError, match="does not fit") as e:
         train(wider, workdir)
-    assert "model.convnet_features: [4, 8, 8, 16] -> [8, 8, 8, 16]" in str(e.value)
+    assert "model.convnet.features: [4, 8, 8, 16] -> [8, 8, 8, 16]" in str(e.value)
     assert "saved (3, 3, 1, 4), now (3, 3, 1, 8)" in str(e.value)
     assert "new --workdir" in str(e.value)

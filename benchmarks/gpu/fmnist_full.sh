@@ -2,7 +2,7 @@
 # one GPU, each pretraining 150 epochs then evaluating; results come back as tars in $OUT.
 #   run(command="bash benchmarks/gpu/fmnist_full.sh", carry=[".whl", ".gpudata"], timeout_s=600)
 # FULL_ARGS: extra flags for both pretraining runs, e.g.
-#   FULL_ARGS='--config.model.convnet_features=(64,128,256,512)' bash benchmarks/gpu/fmnist_full.sh
+#   FULL_ARGS='--config.model.convnet.features=(64,128,256,512)' bash benchmarks/gpu/fmnist_full.sh
 # NOPLOTS=1 evaluates without the pictures (saves ~70 s of the call).
 source benchmarks/gpu/setup.sh
 T0=$(date +%s)

@@ -11,9 +11,9 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION=0.2  # four processes share the GPU
 python3 -c "from ssl_jax.data.fashion_mnist import prepare_fashion_mnist as p; p()"
 # Edit to taste; the :full recipes' encoder is convnet 64-128-256-512 (grid 4).
 declare -A VARIANT=(
-  [simclr_narrow]="simclr --config.model.convnet_features=(32,64,128,256)"
+  [simclr_narrow]="simclr --config.model.convnet.features=(32,64,128,256)"
   [simclr_full]="simclr"
-  [simclr_wide4]="simclr --config.model.convnet_features=(128,256,512,1024)"
+  [simclr_wide4]="simclr --config.model.convnet.features=(128,256,512,1024)"
   [byol_full]="byol"
 )
 for name in "${!VARIANT[@]}"; do

@@ -7,10 +7,13 @@
     state = it.get_state()      # JSON-serialisable; resume with it.set_state(state)
     for b in eval_batches(get_source('fashion_mnist', split='test'), batch_size=512): ...
 
-Sources are imported lazily by get_source (TFDS is slow to import and only some need it).
+    source = source_from_config(config)   # what a run's config names (training, evaluation)
+
+Sources register by kind in data/registry.py; the TFDS-based ones are imported on first use.
 """
 
 from ssl_jax.data.folder import FolderSource, UnreadableImageError
+from ssl_jax.data.from_config import check_source, source_from_config
 from ssl_jax.data.pipeline import (
     EvalBatches,
     TrainIterator,
@@ -19,11 +22,11 @@ from ssl_jax.data.pipeline import (
     steps_per_epoch,
     train_iterator,
 )
+from ssl_jax.data.registry import SOURCES, get_source
 from ssl_jax.data.sources import (
     ArraySource,
     Source,
     SyntheticSource,
-    get_source,
     resize_center_crop,
     to_memory,
 )
@@ -31,17 +34,20 @@ from ssl_jax.data.tfds_sources import TfdsSource
 
 __all__ = [
     "ArraySource",
+    "SOURCES",
     "EvalBatches",
     "FolderSource",
     "Source",
     "SyntheticSource",
     "TfdsSource",
     "TrainIterator",
+    "check_source",
     "UnreadableImageError",
     "collect",
     "eval_batches",
     "get_source",
     "resize_center_crop",
+    "source_from_config",
     "steps_per_epoch",
     "to_memory",
     "train_iterator",

@@ -37,6 +37,7 @@ import os
 import socket
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -306,3 +307,11 @@ def fashion_mnist_source(
     source = TfdsSource(builder, split=split, image_size=image_size, name="fashion_mnist")
     source.class_names = list(CLASS_NAMES)
     return to_memory(source) if in_memory else source
+
+
+def open_fashion_mnist(
+    arg: str, *, split: str, data_dir: str | None, image_size: int | None, seed: int, **kw: Any
+) -> Source:
+    """The ``'fashion_mnist'`` spec (kw: idx_dir=, download=, in_memory=)."""
+    del arg, seed
+    return fashion_mnist_source(split=split, data_dir=data_dir, image_size=image_size, **kw)

@@ -43,6 +43,7 @@ import warnings
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -308,3 +309,11 @@ class FolderSource(Source):
         with ThreadPoolExecutor(max(1, num_threads)) as pool:
             list(pool.map(check, range(len(self))))
         return self.corrupt_files
+
+
+def open_folder(
+    arg: str, *, split: str, data_dir: str | None, image_size: int | None, seed: int, **kw: Any
+) -> FolderSource:
+    """The ``'folder:/path'`` spec (kw: channels=, unreadable=)."""
+    del data_dir, seed
+    return FolderSource(arg, split=split, image_size=image_size, **kw)

@@ -1,4 +1,4 @@
-"""Random-access image sources and the `get_source` entry point.
+"""Random-access image sources: the base class, in-memory and synthetic sources, host resizing.
 
 A *source* is what the grain pipeline reads from: a random-access, thread-safe, picklable object
 
@@ -14,8 +14,7 @@ Every source returns images of ONE fixed shape, so batches stack without padding
 files vary in size (image folders, ImageNet) therefore need `image_size`, and are resized on the
 host (shorter side to `image_size`, then a center crop) with pillow.
 
-Spec strings accepted by `get_source` (see its docstring): 'fashion_mnist' (fashion_mnist.py),
-'tfds:NAME' (tfds_sources.py), 'folder:/path' (folder.py), 'synthetic' (here).
+Sources are opened by spec string through :func:`ssl_jax.data.registry.get_source`.
 """
 
 from __future__ import annotations
@@ -27,14 +26,6 @@ from typing import Any
 import numpy as np
 
 Example = dict[str, np.ndarray]
-
-SPEC_FORMS = (
-    "'fashion_mnist' (local Fashion-MNIST, built offline into TFDS format)",
-    "'tfds:NAME' (a TFDS dataset already prepared in data_dir, e.g. 'tfds:cifar10')",
-    "'folder:/path/to/images' (JPEG/PNG files in /path/to/images/<split>/<class>/, or "
-    "/path/to/images/<class>/ for a training split only)",
-    "'synthetic' (deterministic random images with a class signal, for tests)",
-)
 
 
 class Source:
@@ -235,61 +226,13 @@ class SyntheticSource(Source):
         }
 
 
-def get_source(
-    spec: str,
-    *,
-    split: str = "train",
-    data_dir: str | None = None,
-    image_size: int | None = None,
-    seed: int = 0,
-    **kw: Any,
-) -> Source:
-    """Returns the random-access source named by `spec`.
-
-    Args:
-      spec: one of
-        'fashion_mnist': Fashion-MNIST; reads a prepared TFDS copy from data_dir or builds one
-          offline from the IDX files of Debian's `dataset-fashion-mnist` (see fashion_mnist.py;
-          kw: idx_dir=, download=, in_memory=).
-        'tfds:NAME': a TFDS dataset already prepared (array_record) in data_dir (kw: in_memory=,
-          which reads the split into memory once: far faster batches for small datasets).
-        'folder:/path': your own JPEG/PNG images; first-level subfolders are the classes.
-          Reads /path/<split>; only the 'train' split may be /path itself (no split folders),
-          any other split without its folder is a FileNotFoundError. Needs image_size (kw:
-          channels=3 or 1, unreadable='substitute' or 'raise'; see folder.py).
-        'synthetic': deterministic random images (kw: num_examples=, image_shape=, num_classes=).
-      split: dataset split ('train', 'test', TFDS slices like 'train[:10%]').
-      data_dir: TFDS data dir; default $TFDS_DATA_DIR or ~/tensorflow_datasets.
-      image_size: resize (shorter side) + center-crop images to [image_size, image_size] on the
-        host; None keeps the native size (TFDS/Fashion-MNIST/synthetic only).
-      seed: seed of the synthetic source (the other sources are deterministic files).
-      **kw: source-specific options listed above.
-
-    Raises:
-      ValueError: for an unknown spec (the message lists the accepted forms).
-      FileNotFoundError: when the data is missing; the message says how to get it.
-    """
-    if image_size is not None and image_size <= 0:
-        raise ValueError(f"image_size must be a positive int or None, got {image_size}")
-    if spec == "fashion_mnist":
-        from ssl_jax.data.fashion_mnist import fashion_mnist_source
-
-        return fashion_mnist_source(split=split, data_dir=data_dir, image_size=image_size, **kw)
-    if spec.startswith("tfds:") and spec[len("tfds:") :]:
-        from ssl_jax.data.tfds_sources import tfds_source
-
-        return tfds_source(
-            spec[len("tfds:") :], split=split, data_dir=data_dir, image_size=image_size, **kw
-        )
-    if spec.startswith("folder:") and spec[len("folder:") :]:
-        from ssl_jax.data.folder import FolderSource
-
-        return FolderSource(spec[len("folder:") :], split=split, image_size=image_size, **kw)
-    if spec == "synthetic":
-        if image_size is not None:
-            channels = tuple(kw.get("image_shape", (32, 32, 3)))[-1]
-            kw = {**kw, "image_shape": (image_size, image_size, channels)}
-        return SyntheticSource(seed=seed, split=split, **kw)
-    raise ValueError(
-        f"Unknown data source spec {spec!r}. Accepted forms: " + "; ".join(SPEC_FORMS) + "."
-    )
+def open_synthetic(
+    arg: str, *, split: str, data_dir: str | None, image_size: int | None, seed: int, **kw: Any
+) -> SyntheticSource:
+    """The ``'synthetic'`` spec (kw: num_examples=, image_shape=, num_classes=); ``image_size``
+    overrides the side of ``image_shape``."""
+    del arg, data_dir
+    if image_size is not None:
+        channels = tuple(kw.get("image_shape", (32, 32, 3)))[-1]
+        kw = {**kw, "image_shape": (image_size, image_size, channels)}
+    return SyntheticSource(seed=seed, split=split, **kw)

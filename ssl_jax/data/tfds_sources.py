@@ -144,3 +144,11 @@ def tfds_source(
         )
     source = TfdsSource(builder, split=split, image_size=image_size)
     return to_memory(source) if in_memory else source
+
+
+def open_tfds(
+    arg: str, *, split: str, data_dir: str | None, image_size: int | None, seed: int, **kw: Any
+) -> TfdsSource:
+    """The ``'tfds:NAME'`` spec (kw: in_memory=)."""
+    del seed
+    return tfds_source(arg, split=split, data_dir=data_dir, image_size=image_size, **kw)

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import operator
-import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -27,9 +25,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from ssl_jax import augment, data, logs, train
-from ssl_jax.checkpoint import Checkpointer
+from ssl_jax import augment, data, logs
 from ssl_jax.methods import get_method
+from ssl_jax.run import Run
 
 
 def preprocess(
@@ -190,21 +188,6 @@ def random_init_encoder(config: Any) -> Encoder:
     return encoder_from_state(config, state)
 
 
-def _as_step(step: Any) -> int:
-    """A checkpoint step: an int (NumPy ints included) or a string of one; not bool or float."""
-    if isinstance(step, str):
-        try:
-            return int(step.strip())
-        except ValueError:
-            pass
-    elif not isinstance(step, bool):
-        try:
-            return operator.index(step)
-        except TypeError:
-            pass
-    raise TypeError(f"step must be an int checkpoint step (e.g. step=1000); got {step!r}.")
-
-
 def load_encoder(workdir: str, *, step: int | str | None = None) -> Encoder:
     """Rebuild a run's encoder from ``workdir/config.json`` and restore a checkpoint into it.
 
@@ -222,38 +205,10 @@ def load_encoder(workdir: str, *, step: int | str | None = None) -> Encoder:
       FileNotFoundError: no config.json, no checkpoint, or no checkpoint of that step.
       TypeError: ``step`` is neither None, an int nor a string of an int.
     """
-    if step is not None:
-        step = _as_step(step)
-    workdir = os.path.abspath(workdir)
-    if not os.path.isfile(os.path.join(workdir, "config.json")):
-        raise FileNotFoundError(
-            f"{workdir} is not a run directory: it has no config.json (ssl-jax pretrain "
-            "--workdir DIR writes one)."
-        )
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckpt_dir):
-        raise FileNotFoundError(f"The run in {workdir} has no checkpoints/ directory.")
-    config = train.load_config(workdir)
-    # Read-only: keep every checkpoint (None) and write nothing in the background.
-    ckpt = Checkpointer(ckpt_dir, max_to_keep=None, async_save=False)
-    try:
-        steps = sorted(ckpt.manager.all_steps())
-        if not steps:
-            raise FileNotFoundError(f"The run in {workdir} has no complete checkpoint yet.")
-        if step is None:
-            step = steps[-1]
-        elif step not in steps:
-            raise FileNotFoundError(f"{ckpt_dir} has no checkpoint {step}; it has {steps}.")
-        init = functools.partial(get_method(config.method).init_state, config)
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        abstract = jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-            jax.eval_shape(init, jax.random.key(config.seed)),
-        )
-        state, _ = ckpt.restore(step, abstract)
-    finally:
-        ckpt.close()
-    return encoder_from_state(config, state, workdir=workdir)
+    run = Run(workdir)
+    config = run.config
+    state = run.restore_state(step, config=config)
+    return encoder_from_state(config, state, workdir=run.workdir)
 
 
 def extract_features(

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ssl_jax import logs, train
+from ssl_jax import data, logs
 from ssl_jax.checkpoint import checkpoint_id
 from ssl_jax.evaluation.features import (
     extract_features,
@@ -208,8 +208,8 @@ def evaluate(
 
     encoder = load_encoder(workdir, step=step)
     config = encoder.config
-    train_src = train.make_source(config, unreadable="raise")  # score the images named
-    test_src = train.make_source(config, split=test_split)
+    train_src = data.source_from_config(config, unreadable="raise")  # score the images named
+    test_src = data.source_from_config(config, split=test_split)
     for src in (train_src, test_src):
         if src.image_shape[-1] != config.image_channels:
             raise ValueError(

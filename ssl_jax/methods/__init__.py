@@ -1,15 +1,43 @@
-"""Self-supervised methods. Each module has a state type, ``init_state(config, key)`` and a pure
-``train_step(state, batch, key) -> (state, metrics)``, plus ``encoder_of(state)``."""
+"""Self-supervised methods, one module each, registered by name in :data:`METHODS`.
 
+A method module provides (see simclr.py, the shortest):
+
+    Hparams                      a frozen dataclass of its settings, read from ``config.<name>``
+                                 (defaults, one comment per field, ``validate()``)
+    LOSS_SCOPES                  the named scopes of its losses (profiling reads them)
+    init_state(config, key)      -> TrainState (methods/state.py), at step 0
+    train_step(state, batch, key) -> (state, metrics): pure, jitted once, state donated
+    encoder_of(state)            -> the trained encoder (an nnx.Module in eval mode)
+
+Adding a method: its file here, one line below, its loss in ``ssl_jax/losses/`` and a recipe in
+``configs/``. Everything else (config schema and validation, training, checkpoints, evaluation,
+profiling) reads the registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
 from types import ModuleType
+from typing import Any
 
-from ssl_jax.methods import byol, simclr
+from ssl_jax.registry import Registry
 
-METHODS: dict[str, ModuleType] = {"simclr": simclr, "byol": byol}
+METHODS: Registry[ModuleType] = Registry("method", field="config.method")
+METHODS.add("simclr", "ssl_jax.methods.simclr")
+METHODS.add("byol", "ssl_jax.methods.byol")
 
 
 def get_method(name: str) -> ModuleType:
-    """The method module for ``config.method``."""
-    if name not in METHODS:
-        raise ValueError(f"config.method={name!r} is not one of {sorted(METHODS)}.")
-    return METHODS[name]
+    """The method module named by ``config.method``."""
+    return METHODS.get(name)
+
+
+def hparams_fields(name: str) -> dict[str, Any]:
+    """The default settings of method ``name`` (its ``config.<name>`` block)."""
+    return dataclasses.asdict(get_method(name).Hparams())
+
+
+def validate_hparams(config: Any) -> None:
+    """Check every method's settings block (a ValueError naming the field)."""
+    for name, method in METHODS.items():
+        method.Hparams(**config[name]).validate()

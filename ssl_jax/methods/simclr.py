@@ -9,52 +9,59 @@ come from all devices.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
-from flax import nnx, struct
+from flax import nnx
 
 from ssl_jax import losses
-from ssl_jax.methods import common
+from ssl_jax.methods import network as network_lib
+from ssl_jax.methods.state import TrainState, embedding_std, make_views, step_key
+
+# Named scopes of the losses in the step (profiling: where the embeddings may be gathered).
+LOSS_SCOPES = ("nt_xent", "contrastive_accuracy")
 
 
-@struct.dataclass
-class SimCLRState:
-    """SimCLR train state. Array fields are the checkpointed pytree; the rest is static."""
+@dataclasses.dataclass(frozen=True)
+class Hparams:
+    """SimCLR's settings: ``config.simclr.*``."""
 
-    step: jax.Array  # int32 scalar: number of updates applied
-    params: nnx.State  # encoder + projector parameters
-    batch_stats: nnx.State  # BatchNorm running averages
-    opt_state: optax.OptState
-    graphdef: nnx.GraphDef = struct.field(pytree_node=False)
-    tx: optax.GradientTransformation = struct.field(pytree_node=False)
-    schedule: Any = struct.field(pytree_node=False)
-    hparams: common.StepHParams = struct.field(pytree_node=False)
+    temperature: float = 0.2  # NT-Xent temperature
+    # stream NT-Xent over candidate blocks of this many columns (exact; memory per device
+    # O(rows x block), not O(rows x 2N)); None: the direct [2N, 2N] formula. Set it for 2N > ~16k.
+    loss_block_size: int | None = None
+
+    def validate(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(
+                f"config.simclr.temperature={self.temperature!r} is invalid: must be > 0."
+            )
+        if self.loss_block_size is not None and self.loss_block_size < 1:
+            raise ValueError(
+                f"config.simclr.loss_block_size={self.loss_block_size!r} is invalid: must be "
+                "None (direct) or >= 1."
+            )
 
 
-def init_state(config: Any, key: jax.Array) -> SimCLRState:
+def init_state(config: Any, key: jax.Array) -> TrainState:
     """A fresh SimCLR state from the config and a PRNG key."""
-    network = common.build_network(config, nnx.Rngs(params=key))
+    network = network_lib.build_network(config, nnx.Rngs(params=key))
     network.train()
-    graphdef, params, batch_stats = nnx.split(network, nnx.Param, nnx.BatchStat)
-    tx, schedule = common.optimizer_for(config)
-    return SimCLRState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=batch_stats,
-        opt_state=tx.init(params),
-        graphdef=graphdef,
+    tx, schedule = network_lib.optimizer_for(config, network)
+    return TrainState.create(
+        network,
         tx=tx,
         schedule=schedule,
-        hparams=common.step_hparams(config),
+        settings=network_lib.step_settings(config),
+        hparams=Hparams(**config.simclr),
     )
 
 
 def train_step(
-    state: SimCLRState, batch: dict, key: jax.Array
-) -> tuple[SimCLRState, dict[str, jax.Array]]:
+    state: TrainState, batch: dict, key: jax.Array
+) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SimCLR update.
 
     Args:
@@ -67,7 +74,7 @@ def train_step(
       learning_rate, l2_grads, l2_params, l2_updates.
     """
     hp = state.hparams
-    x1, x2 = common.make_views(batch, common.step_key(key, state.step), hp)
+    x1, x2 = make_views(batch, step_key(key, state.step), state.settings)
     n = x1.shape[0]
     # The two views of an image sit side by side ([x1_0, x2_0, x1_1, ...]): each device keeps the
     # views of its own images. Concatenating [x1; x2] instead makes XLA move half of every
@@ -75,7 +82,7 @@ def train_step(
     x = jnp.stack([x1, x2], axis=1).reshape(2 * n, *x1.shape[1:])
 
     def loss_fn(params):
-        network = nnx.merge(state.graphdef, params, state.batch_stats, copy=True)
+        network = state.module(params, copy=True)
         _, z = network(x)  # BatchNorm sees the same 2B rows as with [x1; x2]
         z = z.reshape(n, 2, -1)
         z1, z2 = z[:, 0], z[:, 1]
@@ -84,23 +91,18 @@ def train_step(
         return loss, aux
 
     (loss, (batch_stats, z1, z2)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    params, opt_state, metrics = common.apply_gradients(
-        state.tx, state.params, state.opt_state, grads
-    )
+    new_state, metrics = state.apply_gradients(grads, batch_stats=batch_stats)
     metrics.update(
         loss=loss,
         contrastive_acc=losses.contrastive_accuracy(z1, z2, block_size=hp.loss_block_size),
-        embed_std=common.embedding_std(z1),
+        embed_std=embedding_std(z1),
         learning_rate=state.schedule(state.step),
-    )
-    new_state = state.replace(
-        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
     )
     return new_state, metrics
 
 
-def encoder_of(state: SimCLRState) -> nnx.Module:
+def encoder_of(state: TrainState) -> nnx.Module:
     """The trained encoder in eval mode (BatchNorm uses running averages)."""
-    network = nnx.merge(state.graphdef, state.params, state.batch_stats)
+    network = state.module()
     network.eval()
     return network.encoder

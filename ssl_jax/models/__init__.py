@@ -1,21 +1,29 @@
 """Encoders (ResNet, ConvNet) and projection / prediction heads, in Flax NNX.
 
 Encoders map ``[B, H, W, C]`` images to ``[B, num_features]`` float32 features; build one by name
-with :func:`get_encoder`. The layers they share (the ``nnx.Conv`` factory, BatchNorm, the input
-check) are in :mod:`ssl_jax.models.layers`; the convolution kernels in :mod:`ssl_jax.kernels`.
+with :func:`get_encoder`, or from a config with :func:`encoder_from_config` (each encoder
+registers its names and its settings block in its own file: :mod:`ssl_jax.models.registry`).
+The layers they share (the ``nnx.Conv`` factory, BatchNorm, the input check) are in
+:mod:`ssl_jax.models.layers`; the convolution kernels in :mod:`ssl_jax.kernels`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from flax import nnx
-
 from ssl_jax.kernels import get_conv_general_dilated, im2col_conv_general_dilated
-from ssl_jax.models.convnet import ConvNet
+from ssl_jax.models.convnet import ConvNet, ConvNetSettings
+from ssl_jax.models.decay import decay_mask_for
 from ssl_jax.models.heads import Predictor, ProjectionMLP
 from ssl_jax.models.layers import make_conv
+from ssl_jax.models.registry import (
+    ENCODERS,
+    EncoderEntry,
+    encoder_from_config,
+    encoder_settings,
+    settings_blocks,
+    validate_encoder_config,
+)
 from ssl_jax.models.resnet import (
     BasicBlock,
     Bottleneck,
@@ -23,17 +31,11 @@ from ssl_jax.models.resnet import (
     ResNet18,
     ResNet34,
     ResNet50,
+    ResNetSettings,
 )
 
-ENCODERS: dict[str, Callable[..., nnx.Module]] = {
-    "resnet18": ResNet18,
-    "resnet34": ResNet34,
-    "resnet50": ResNet50,
-    "convnet": ConvNet,
-}
 
-
-def get_encoder(name: str, **kwargs: Any) -> ResNet | ConvNet:
+def get_encoder(name: str, **kwargs: Any) -> Any:
     """Build an encoder by name: ``'resnet18'``, ``'resnet34'``, ``'resnet50'`` or ``'convnet'``.
 
     ``kwargs`` go to the constructor (``rngs`` is required), e.g.
@@ -41,8 +43,8 @@ def get_encoder(name: str, **kwargs: Any) -> ResNet | ConvNet:
     """
     key = name.lower()
     if key not in ENCODERS:
-        raise ValueError(f"Unknown encoder {name!r}; valid names: {sorted(ENCODERS)}.")
-    return ENCODERS[key](**kwargs)
+        raise ValueError(f"Unknown encoder {name!r}; valid names: {ENCODERS.names()}.")
+    return ENCODERS.get(key).constructor(**kwargs)
 
 
 __all__ = [
@@ -50,14 +52,22 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "ConvNet",
+    "ConvNetSettings",
+    "EncoderEntry",
     "Predictor",
     "ProjectionMLP",
     "ResNet",
     "ResNet18",
     "ResNet34",
     "ResNet50",
+    "ResNetSettings",
+    "decay_mask_for",
+    "encoder_from_config",
+    "encoder_settings",
     "get_conv_general_dilated",
     "get_encoder",
     "im2col_conv_general_dilated",
     "make_conv",
+    "settings_blocks",
+    "validate_encoder_config",
 ]

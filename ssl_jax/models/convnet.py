@@ -12,6 +12,7 @@ accuracy with 600 labels, benchmarks/RESULTS.md).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from flax import nnx
 
 from ssl_jax.kernels import CONV_IMPLS
 from ssl_jax.models.layers import check_image_input, make_batch_norm, make_conv
+from ssl_jax.models.registry import ENCODERS, EncoderEntry
 
 
 class ConvNet(nnx.Module):
@@ -121,3 +123,37 @@ def grid_pool(x: jax.Array, grid: int) -> jax.Array:
         return x.reshape(x.shape[0], -1)
     cells = [x[:, a:b, c:d].mean(axis=(1, 2)) for a, b in _bins(h, grid) for c, d in _bins(w, grid)]
     return jnp.stack(cells, axis=1).reshape(x.shape[0], -1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvNetSettings:
+    """The convnet's settings: ``config.model.convnet.*``."""
+
+    features: tuple = (32, 64, 128, 256)  # channels of its conv layers
+    grid: int = 1  # average-pool the last map to GxG, flatten (1: global)
+    head_pools: bool = False  # grid > 1: the projection head averages the GxG cells
+
+    def validate(self) -> None:
+        features = tuple(self.features)
+        if not (features and all(f >= 1 for f in features)):
+            raise ValueError(
+                f"config.model.convnet.features={features!r} is invalid: must be a non-empty "
+                "tuple of channel counts >= 1."
+            )
+        if not self.grid >= 1:
+            raise ValueError(f"config.model.convnet.grid={self.grid!r} is invalid: must be >= 1.")
+
+    def kwargs(self) -> dict[str, Any]:
+        features = tuple(self.features)
+        strides = (1,) + (2,) * (len(features) - 1)
+        return dict(features=features, strides=strides, output_grid=int(self.grid))
+
+    @property
+    def head_cells(self) -> int:
+        """How many cells of the features the projection head averages (1: none)."""
+        return int(self.grid) ** 2 if self.head_pools else 1
+
+
+ENCODERS.add(
+    "convnet", EncoderEntry(block="convnet", settings=ConvNetSettings, constructor=ConvNet)
+)

@@ -23,6 +23,7 @@ reductions).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -33,6 +34,7 @@ from flax import nnx
 
 from ssl_jax.kernels import CONV_IMPLS
 from ssl_jax.models.layers import check_image_input, make_batch_norm, make_conv
+from ssl_jax.models.registry import ENCODERS, EncoderEntry
 
 
 class BasicBlock(nnx.Module):
@@ -240,3 +242,28 @@ class ResNet(nnx.Module):
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
 ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock)
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNetSettings:
+    """The ResNets' settings: ``config.model.resnet.*``."""
+
+    stem: str = "cifar"  # imagenet (7x7/2 + max-pool) | cifar (3x3/1)
+    width: int = 1  # channel multiplier
+
+    def validate(self) -> None:
+        if self.stem not in ("imagenet", "cifar"):
+            raise ValueError(
+                f"config.model.resnet.stem={self.stem!r} is invalid: use imagenet or cifar."
+            )
+        if not self.width > 0:
+            raise ValueError(f"config.model.resnet.width={self.width!r} is invalid: must be > 0.")
+
+    def kwargs(self) -> dict[str, Any]:
+        return dict(stem=self.stem, width=self.width)
+
+
+for _name, _constructor in (("resnet18", ResNet18), ("resnet34", ResNet34), ("resnet50", ResNet50)):
+    ENCODERS.add(
+        _name, EncoderEntry(block="resnet", settings=ResNetSettings, constructor=_constructor)
+    )

@@ -1,0 +1,227 @@
+"""The hooks of the training loop: what happens around the steps, one small object each.
+
+A hook has five moments, all optional (:class:`Hook`): ``start(loop)`` before the first step,
+``before_step(loop, step)``, ``after_step(loop)`` (``loop.step``, ``loop.state`` and
+``loop.metrics`` are the step's), ``end(loop)`` after the last step and ``close(loop)`` always,
+in reverse order. ``loop`` is :class:`ssl_jax.train.Loop`. The default hooks, in order:
+
+  FiniteLossGuard   collects the losses; :func:`check_finite` (called before anything is logged,
+                    monitored or saved) stops the run at the first NaN/Inf, saving nothing of it
+  KnnMonitorHook    the kNN monitor every ``config.eval_every`` steps (process 0)
+  ProgressHook      console line, metrics.jsonl and TensorBoard every ``config.log_every`` steps
+  CheckpointHook    a checkpoint every ``config.checkpoint_every`` steps and at the end
+  StopOnSigint      a first Ctrl-C saves the last completed step and stops between two steps
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from ssl_jax import data, logs
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or Inf; the run stopped without saving the bad state."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped the run between two steps, after a checkpoint of the last
+    completed step was saved (``step``); the same command resumes from it."""
+
+    def __init__(self, step: int):
+        super().__init__(f"interrupted after step {step}; checkpoint saved")
+        self.step = step
+
+
+class Hook:
+    """A no-op hook; subclasses override the moments they need."""
+
+    def start(self, loop: Any) -> None:
+        pass
+
+    def before_step(self, loop: Any, step: int) -> None:
+        pass
+
+    def after_step(self, loop: Any) -> None:
+        pass
+
+    def end(self, loop: Any) -> None:
+        pass
+
+    def close(self, loop: Any) -> None:
+        pass
+
+
+def due(loop: Any, every: int) -> bool:
+    """True after every ``every``-th step and after the last one (``every`` 0: the last only)."""
+    return bool(every and loop.step % every == 0) or loop.last
+
+
+class FiniteLossGuard(Hook):
+    """Keeps the losses of the steps since the last check (device arrays: no sync per step)."""
+
+    def __init__(self):
+        self.steps: list[int] = []
+        self.losses: list = []
+
+    def after_step(self, loop: Any) -> None:
+        self.steps.append(loop.step)
+        self.losses.append(loop.metrics["loss"])
+
+    def check(self, loop: Any) -> None:
+        """Raise NonFiniteLossError at the first NaN/Inf loss since the last check."""
+        values = np.asarray(jax.device_get(self.losses), dtype=np.float64)
+        steps = self.steps
+        self.steps, self.losses = [], []
+        bad = np.flatnonzero(~np.isfinite(values))
+        if not bad.size:
+            return
+        loop.ckpt.wait()
+        kept = loop.ckpt.latest_step()
+        raise NonFiniteLossError(
+            f"The loss is {float(values[bad[0]])} at step {steps[bad[0]]}; the run stopped there. "
+            f"The last good checkpoint ({'step ' + str(kept) if kept is not None else 'none'}) "
+            "is kept. Lower config.base_lr, raise config.warmup_steps or use float32 compute."
+        )
+
+
+def check_finite(loop: Any) -> None:
+    """Stop at a NaN/Inf loss before the state is logged, monitored or saved."""
+    loop.guard.check(loop)
+
+
+class KnnMonitorHook(Hook):
+    """``knn_top1`` every ``config.eval_every`` steps and at the end (process 0 only)."""
+
+    def __init__(self, monitor: Any):
+        self.monitor = monitor
+
+    def after_step(self, loop: Any) -> None:
+        if not due(loop, loop.config.eval_every):
+            return
+        check_finite(loop)
+        t = time.perf_counter()
+        knn = self.monitor(loop.state)
+        dt = time.perf_counter() - t
+        logs.console(
+            f"step {loop.step}: kNN monitor top-1 {100 * knn['knn_top1']:.1f}% [{dt:.1f} s]"
+        )
+        loop.untimed_s += dt  # keep images/s about training
+        if due(loop, loop.config.log_every):
+            loop.record.update(knn)
+        else:
+            loop.writer.write(loop.step, knn)
+
+
+class ProgressHook(Hook):
+    """Every ``config.log_every`` steps and at the end: the metrics (with images/s and epoch) to
+    metrics.jsonl and TensorBoard, and the progress line."""
+
+    def after_step(self, loop: Any) -> None:
+        c = loop.config
+        if not due(loop, c.log_every):
+            return
+        check_finite(loop)
+        host = {k: float(v) for k, v in jax.device_get(loop.metrics).items()}
+        host.update(loop.record)
+        loop.record = {}
+        now = time.perf_counter()
+        elapsed = now - loop.t_mark - loop.untimed_s
+        ips = (loop.step - loop.step_mark) * c.batch_size / max(elapsed, 1e-9)
+        host.update(epoch=loop.step / loop.iterator.steps_per_epoch, images_per_s=ips)
+        if loop.writer is not None:
+            loop.writer.write(loop.step, host)
+            # No steps timed since the last line (the first step, its compile excluded): no
+            # speed, so no ETA.
+            eta = (c.total_steps - loop.step) * c.batch_size / ips if ips > 0 else None
+            logs.console(
+                logs.progress_line(loop.step, c.total_steps, host["epoch"], host["loss"], ips, eta)
+            )
+        loop.t_mark, loop.step_mark, loop.untimed_s = now, loop.step, 0.0
+
+
+class CheckpointHook(Hook):
+    """A checkpoint (state + data position) every ``config.checkpoint_every`` steps and at the
+    end; at the end, waits until every save is on disk."""
+
+    def after_step(self, loop: Any) -> None:
+        if not due(loop, loop.config.checkpoint_every):
+            return
+        check_finite(loop)
+        loop.ckpt.save(loop.step, loop.state, loop.iterator.get_state())
+        loop.saved_step = loop.step
+
+    def end(self, loop: Any) -> None:
+        loop.ckpt.wait()
+
+
+class StopOnSigint(Hook):
+    """While the loop runs, the first SIGINT only sets ``requested``; the next step boundary then
+    saves a checkpoint of the last completed step and raises TrainingInterrupted. A second one
+    interrupts at once. Active only in the main thread of a single-process run: with several
+    processes a save is collective, and one process's Ctrl-C must not make it save alone."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logs.console("\nCtrl-C: saving a checkpoint after this step (Ctrl-C again to stop now)")
+
+    def start(self, loop: Any) -> None:
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def before_step(self, loop: Any, step: int) -> None:
+        if not self.requested:
+            return
+        check_finite(loop)
+        if loop.saved_step != step - 1:
+            loop.ckpt.save(step - 1, loop.state, loop.iterator.get_state())
+        loop.ckpt.wait()
+        raise TrainingInterrupted(step - 1)
+
+    def end(self, loop: Any) -> None:
+        if self.requested:  # during the last step: trained and saved, but stop here
+            raise TrainingInterrupted(loop.saved_step)
+
+    def close(self, loop: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+def knn_monitor_hook(loop: Any) -> Hook | None:
+    """The kNN monitor as a hook on process 0 when ``config.eval_every`` is set and the data
+    allows it (None otherwise; the monitor says why on the console)."""
+    if not (loop.is_main and loop.config.eval_every):
+        return None
+    from ssl_jax.evaluation.monitor import make_monitor
+
+    config = loop.config
+    monitor = make_monitor(
+        config, loop.source, lambda: data.source_from_config(config, config.eval_split)
+    )
+    return None if monitor is None else KnnMonitorHook(monitor)
+
+
+def default_hooks(loop: Any) -> list[Hook]:
+    """The hooks every run has, in order (see the module docstring)."""
+    loop.guard = FiniteLossGuard()
+    monitor = knn_monitor_hook(loop)
+    return [
+        loop.guard,
+        *([monitor] if monitor else []),
+        ProgressHook(),
+        CheckpointHook(),
+        StopOnSigint(),
+    ]

@@ -1,0 +1,104 @@
+"""The network a method trains, built from ``config.model``: encoder + projection head, the
+compute dtype, the weight-decay policy and the optimizer for the run.
+
+The encoder is the one ``config.model.encoder`` names, built from its own settings block
+(``config.model.<block>``, see :mod:`ssl_jax.models`); nothing here knows one encoder from another.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from ssl_jax import augment, models
+from ssl_jax.methods.state import StepSettings
+from ssl_jax.optim import make_optimizer
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class SSLNetwork(nnx.Module):
+    """Encoder followed by a projection head.
+
+    ``__call__(x)`` with x: [B, H, W, C] returns ``(h, z)``: features h: [B, F] (what downstream
+    tasks use) and projections z: [B, P] (what the loss sees).
+
+    ``head_cells > 1``: h is ``head_cells`` cells of ``F / head_cells`` channels each (a convnet
+    keeping a G x G map), and the head averages them before its first layer, so the loss sees a
+    globally pooled feature while downstream tasks keep where things are. Averaging is a fixed
+    linear map, so this is the same SimCLR/BYOL objective with a head whose first layer pools:
+    h stays the representation *before* the projection head, as in SimCLR.
+    """
+
+    def __init__(self, encoder: nnx.Module, projector: nnx.Module, head_cells: int = 1):
+        self.encoder = encoder
+        self.projector = projector
+        self.head_cells = head_cells
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        h = self.encoder(x)
+        p = h if self.head_cells == 1 else h.reshape(h.shape[0], self.head_cells, -1).mean(1)
+        return h, self.projector(p)
+
+
+def compute_dtype(config: Any) -> Any:
+    """The jnp dtype named by ``config.model.compute_dtype`` (parameters stay float32)."""
+    name = config.model.compute_dtype
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(
+            f"config.model.compute_dtype={name!r} is not one of {sorted(COMPUTE_DTYPES)}."
+        )
+    return COMPUTE_DTYPES[name]
+
+
+def build_encoder(config: Any, rngs: nnx.Rngs) -> nnx.Module:
+    """The encoder named by ``config.model.encoder``, from its settings block."""
+    return models.encoder_from_config(
+        config.model,
+        in_channels=int(config.image_channels),
+        dtype=compute_dtype(config),
+        rngs=rngs,
+    )
+
+
+def build_network(config: Any, rngs: nnx.Rngs) -> SSLNetwork:
+    """Encoder + projector as configured (``config.model``)."""
+    m = config.model
+    encoder = build_encoder(config, rngs)
+    head_cells = getattr(models.encoder_settings(m), "head_cells", 1)
+    projector = models.ProjectionMLP(
+        encoder.num_features // head_cells,
+        m.projector_hidden,
+        m.projector_dim,
+        num_layers=m.projector_layers,
+        last_bn=m.projector_last_bn,
+        dtype=compute_dtype(config),
+        rngs=rngs,
+    )
+    return SSLNetwork(encoder, projector, head_cells)
+
+
+def step_settings(config: Any) -> StepSettings:
+    """The static settings of the train step (views, compute dtype, length), from the config."""
+    view1, view2 = augment.get_views(config.augment, config.image_size)
+    return StepSettings(
+        view1=view1,
+        view2=view2,
+        compute_dtype=compute_dtype(config),
+        total_steps=int(config.total_steps),
+    )
+
+
+def optimizer_for(config: Any, module: nnx.Module) -> tuple[optax.GradientTransformation, Any]:
+    """``(optimizer, schedule)`` for the run's global batch and length; weight decay and LARS
+    adaptation skip what ``module``'s encoder exempts (:func:`ssl_jax.models.decay_mask`)."""
+    return make_optimizer(
+        config,
+        total_steps=int(config.total_steps),
+        global_batch_size=int(config.batch_size),
+        decay_mask=models.decay_mask_for(module),
+    )

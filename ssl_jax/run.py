@@ -1,0 +1,169 @@
+"""A run's work directory, and the pieces that training, evaluation and tools share about it.
+
+    run = Run("runs/simclr")
+    run.config                      # config.json, read (and migrated from older field names)
+    run.checkpoints_dir, run.metrics_path, run.eval_json, run.figure("label_efficiency")
+    state = run.restore_state()     # the latest checkpoint into a fresh method state
+    module, step = run.restore_encoder()
+
+The work directory holds ``config.json``, ``checkpoints/<step>/``, ``metrics.jsonl``,
+``tensorboard/``, ``eval.json`` / ``eval.md`` and the figures (``*.png``); this module names them
+all, so the layout lives in one place.
+
+:func:`jit_train_step` is THE jitted train step: ``train()`` runs it, the HLO tests compile it
+and the profiling tools time it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import operator
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ssl_jax import config as config_lib
+from ssl_jax import parallel
+from ssl_jax.checkpoint import Checkpointer
+from ssl_jax.methods import get_method
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """The files of one run directory (an absolute path)."""
+
+    workdir: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "workdir", os.path.abspath(self.workdir))
+
+    @property
+    def config_path(self) -> str:
+        return os.path.join(self.workdir, "config.json")
+
+    @property
+    def checkpoints_dir(self) -> str:
+        return os.path.join(self.workdir, "checkpoints")
+
+    @property
+    def metrics_path(self) -> str:
+        return os.path.join(self.workdir, "metrics.jsonl")
+
+    @property
+    def tensorboard_dir(self) -> str:
+        return os.path.join(self.workdir, "tensorboard")
+
+    @property
+    def eval_json(self) -> str:
+        return os.path.join(self.workdir, "eval.json")
+
+    @property
+    def eval_md(self) -> str:
+        return os.path.join(self.workdir, "eval.md")
+
+    def figure(self, name: str) -> str:
+        """A figure's path: ``figure('training_curves')`` -> ``WORKDIR/training_curves.png``."""
+        return os.path.join(self.workdir, f"{name}.png")
+
+    def saved_config(self) -> dict | None:
+        """config.json as saved (a dict), or None when missing or unreadable."""
+        return config_lib.read_saved(self.config_path)
+
+    @property
+    def config(self) -> Any:
+        """The run's config (``config.json``; older field names migrated, fields added since
+        at their defaults). FileNotFoundError when this is no run directory."""
+        saved = self.saved_config()
+        if saved is None:
+            raise FileNotFoundError(
+                f"{self.workdir} is not a run directory: it has no readable config.json "
+                "(ssl-jax pretrain --workdir DIR writes one)."
+            )
+        return config_lib.from_dict(saved)
+
+    def checkpointer(self, **kwargs: Any) -> Checkpointer:
+        """An Orbax checkpointer of ``checkpoints/`` (``max_to_keep``, ``async_save``)."""
+        return Checkpointer(self.checkpoints_dir, **kwargs)
+
+    def restore_state(self, step: int | str | None = None, *, config: Any = None) -> Any:
+        """The method's train state of checkpoint ``step`` (default: the latest) on the default
+        device, with the step at :attr:`TrainState.step`. FileNotFoundError names what is
+        missing; TypeError for a step that is not an int."""
+        if step is not None:
+            step = _as_step(step)
+        config = self.config if config is None else config
+        if not os.path.isdir(self.checkpoints_dir):
+            raise FileNotFoundError(f"The run in {self.workdir} has no checkpoints/ directory.")
+        # Read-only: keep every checkpoint (None) and write nothing in the background.
+        ckpt = self.checkpointer(max_to_keep=None, async_save=False)
+        try:
+            steps = ckpt.all_steps()
+            if not steps:
+                raise FileNotFoundError(
+                    f"The run in {self.workdir} has no complete checkpoint yet."
+                )
+            if step is None:
+                step = steps[-1]
+            elif step not in steps:
+                raise FileNotFoundError(
+                    f"{self.checkpoints_dir} has no checkpoint {step}; it has {steps}."
+                )
+            device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            state, _ = ckpt.restore(step, abstract_state(config, device))
+        finally:
+            ckpt.close()
+        return state
+
+
+def _as_step(step: Any) -> int:
+    """A checkpoint step: an int (NumPy ints included) or a string of one; not bool or float."""
+    if isinstance(step, str):
+        try:
+            return int(step.strip())
+        except ValueError:
+            pass
+    elif not isinstance(step, bool):
+        try:
+            return operator.index(step)
+        except TypeError:
+            pass
+    raise TypeError(f"step must be an int checkpoint step (e.g. step=1000); got {step!r}.")
+
+
+def abstract_state(config: Any, sharding: Any) -> Any:
+    """The method's train state as ShapeDtypeStructs placed by ``sharding`` (nothing is
+    allocated): the target of a restore, or the input of ``jit_train_step(...).lower``."""
+    init = functools.partial(get_method(config.method).init_state, config)
+    shapes = jax.eval_shape(init, jax.random.key(config.seed))
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def jit_train_step(method: Any, mesh: jax.sharding.Mesh) -> Any:
+    """``method.train_step`` jitted for data parallelism on ``mesh``: state and key replicated,
+    batch sharded on ``'data'``, outputs replicated, state donated. ``train()`` runs this."""
+    repl = parallel.replicated(mesh)
+    return jax.jit(
+        method.train_step,
+        in_shardings=(repl, parallel.data_sharding(mesh), repl),
+        out_shardings=(repl, repl),
+        donate_argnums=(0,),
+    )
+
+
+def abstract_step_inputs(
+    config: Any, mesh: jax.sharding.Mesh, source_size: int | None = None
+) -> tuple[Any, dict[str, jax.ShapeDtypeStruct], jax.ShapeDtypeStruct]:
+    """(state, batch, key) as ShapeDtypeStructs with the train loop's shardings, for
+    ``jit_train_step(...).lower``: the step compiles at any batch size without allocating. The
+    batch is ``uint8 [config.batch_size, S, S, config.image_channels]`` with ``S = source_size``
+    (the dataset's image side; default ``config.image_size``)."""
+    repl = parallel.replicated(mesh)
+    state = abstract_state(config, repl)
+    side = source_size or config.image_size
+    image = (config.batch_size, side, side, config.image_channels)
+    batch = {"image": jax.ShapeDtypeStruct(image, jnp.uint8, sharding=parallel.data_sharding(mesh))}
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    return state, batch, jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=repl)

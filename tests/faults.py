@@ -1,0 +1,45 @@
+"""Fault injection for the resume tests: training hooks the tests install (the library reads no
+test machinery from the environment).
+
+    python tests/faults.py --kill-before-step 7 pretrain --config ... --workdir ...
+
+runs ``ssl-jax`` with :class:`KillBeforeStep` installed.
+"""
+
+import os
+import signal
+import sys
+
+from ssl_jax.hooks import Hook
+
+
+class KillBeforeStep(Hook):
+    """SIGKILL this process before ``step``, once every checkpoint in flight is on disk (a kill
+    "after a checkpoint")."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def before_step(self, loop, step):
+        if step == self.step:
+            loop.ckpt.wait()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SigintBeforeStep(Hook):
+    """Send this process a SIGINT (Ctrl-C) before ``step``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def before_step(self, loop, step):
+        if step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+if __name__ == "__main__":
+    from ssl_jax import cli
+
+    assert sys.argv[1] == "--kill-before-step", "usage: faults.py --kill-before-step N ARGS"
+    hook = KillBeforeStep(int(sys.argv[2]))
+    sys.exit(cli.main(sys.argv[3:], extra_hooks=[hook]))

@@ -331,6 +331,23 @@ def _embed_flags() -> flags.FlagValues:
     return fv
 
 
+def _embed_config(config, spec: str, data_dir: str | None):
+    """The run's config reading ``spec`` as the run read its own data: the same channels and
+    host resize for a folder (the encoder resizes to image_size on the device, so embed's
+    features equal evaluate's), the run's data_dir unless ``data_dir`` is given, and a folder's
+    unreadable file an error (row i is file i)."""
+    config = config.copy_and_resolve_references()
+    config.dataset = spec
+    config.data_dir = data_dir or config.data_dir
+    config.data_in_memory = False
+    is_folder = spec.startswith("folder:")
+    with config.ignore_type():
+        config.data_image_size = (
+            (config.data_image_size or config.image_size) if is_folder else None
+        )
+    return config
+
+
 def embed(argv: list[str]) -> int:
     """`ssl-jax embed`: a run's frozen features for every image of a data source, in order."""
     fv = _embed_flags()
@@ -355,23 +372,10 @@ def embed(argv: list[str]) -> int:
     listing = ""
     try:
         encoder = load_encoder(fv.workdir, step=fv.step)
-        channels = int(encoder.config.image_channels)
-        # A folder's unreadable file must not be replaced by its neighbour: row i is file i.
-        kw = {"channels": channels, "unreadable": "raise"} if is_folder else {}
-        if fv.data == "synthetic":
-            size = encoder.image_size
-            kw = {"image_shape": (size, size, channels)}
-        source = data.get_source(
-            fv.data,
-            split=fv.split,
-            data_dir=fv.data_dir or encoder.config.data_dir,  # default: where the run read
-            # As the run read its folder (host resize to data_image_size; the encoder resizes
-            # to image_size on the device), so embed's features equal evaluate's.
-            image_size=(encoder.config.data_image_size or encoder.image_size)
-            if is_folder
-            else None,
-            **kw,
+        source = data.source_from_config(
+            _embed_config(encoder.config, fv.data, fv.data_dir), fv.split, unreadable="raise"
         )
+        channels = int(encoder.config.image_channels)
         if source.image_shape[-1] != channels:
             raise ValueError(
                 f"{source.name} has {source.image_shape[-1]}-channel images but the encoder "

@@ -147,11 +147,13 @@ def test_pretrain_and_evaluate_on_a_grayscale_folder_without_test_split(tmp_path
 
 
 def test_embed_synthetic_matches_the_encoder(workdir, tmp_path):
+    """`--data synthetic` reads the synthetic images as the run did (its size, count, classes)."""
     out = tmp_path / "f.npy"
     assert cli.main(["embed", "--workdir", workdir, "--data", "synthetic", "--out", str(out)]) == 0
-    from ssl_jax.data import get_source
+    from ssl_jax.data import source_from_config
 
-    src = get_source("synthetic", split="train", image_shape=(16, 16, 1))
+    src = source_from_config(load_encoder(workdir).config, "train")
+    assert len(src) == 96  # helpers.tiny_config's synthetic_examples
     images = src.read_batch(np.arange(len(src)))["image"]
     np.testing.assert_allclose(np.load(out), np.asarray(load_encoder(workdir)(images)), atol=1e-5)
 
@@ -226,7 +228,7 @@ def test_embed_reads_from_the_runs_data_dir_unless_told(workdir, tmp_path, monke
     import json
     import shutil
 
-    from ssl_jax import data
+    from ssl_jax.data import from_config
 
     run = tmp_path / "run"
     shutil.copytree(workdir, run)
@@ -234,13 +236,13 @@ def test_embed_reads_from_the_runs_data_dir_unless_told(workdir, tmp_path, monke
     config["data_dir"] = str(tmp_path / "the_runs_tfds")
     (run / "config.json").write_text(json.dumps(config))
     seen = []
-    real = data.get_source
+    real = from_config.get_source
 
     def spy(spec, **kw):
         seen.append(kw["data_dir"])
         return real(spec, **kw)
 
-    monkeypatch.setattr(data, "get_source", spy)
+    monkeypatch.setattr(from_config, "get_source", spy)
     args = ["embed", "--workdir", str(run), "--data", "synthetic", "--out", str(tmp_path / "f")]
     assert cli.main(args) == 0
     assert cli.main([*args, "--data_dir", str(tmp_path / "other")]) == 0

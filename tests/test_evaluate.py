@@ -1,7 +1,9 @@
 """Evaluation: kNN and linear probes against references, label subsets, a tiny run end to end."""
 
+import dataclasses
 import json
 import os
+from typing import ClassVar
 
 import jax
 import numpy as np
@@ -11,16 +13,19 @@ from helpers import tiny_config
 from ssl_jax import augment, cli, load_encoder
 from ssl_jax.data import source_from_config as make_source
 from ssl_jax.evaluation import (
+    PROTOCOLS,
+    Protocol,
     class_balanced_subset,
     evaluate,
     fit_logistic_regression,
     knn_neighbors,
+    knn_protocol,
     knn_scores,
     l2_normalize,
     linear_probe,
+    linear_protocol,
     preprocess,
     random_init_encoder,
-    suite,
     topk_accuracy,
     validation_folds,
     validation_split,
@@ -248,8 +253,8 @@ def test_evaluate_end_to_end(tiny_run, monkeypatch, capsys):
         banks.append(np.asarray(bank_labels).copy())
         return knn_neighbors(query, bank, bank_labels, **kwargs)
 
-    monkeypatch.setattr(suite, "linear_probe", recording_probe)
-    monkeypatch.setattr(suite, "knn_neighbors", recording_neighbors)
+    monkeypatch.setattr(linear_protocol, "linear_probe", recording_probe)
+    monkeypatch.setattr(knn_protocol, "knn_neighbors", recording_neighbors)
     # Fine-tuning (and with it the supervised baseline) is tested in test_finetune.py.
     rows = evaluate(
         result.workdir, label_fractions=(1.0, 0.25), protocols=("knn", "linear"), batch_size=64
@@ -393,6 +398,67 @@ def test_eval_json_keeps_the_earlier_rows_of_the_same_checkpoint_seed_and_split(
     assert "is unreadable" in capsys.readouterr().out
     assert open(eval_json + ".unreadable").read() == "{not json"
     assert not [f for f in os.listdir(result.workdir) if ".tmp-" in f]  # atomic writes cleaned up
+
+
+@dataclasses.dataclass(frozen=True)
+class _CentroidProtocol(Protocol):
+    """A protocol from outside the package: the nearest class mean (cosine) of frozen features."""
+
+    name: ClassVar[str] = "centroid"
+    rank: ClassVar[int] = 3
+    representations: ClassVar[tuple[str, ...]] = ("ssl", "raw_pixels")
+
+    def run(self, data, representations, fractions):
+        rows = []
+        for name in representations:
+            test = l2_normalize(data.test_x[name])
+            for f in fractions:
+                subset = data.subsets[f]
+                x, y = l2_normalize(data.train_x[name][subset]), data.train_y[subset]
+                means = np.stack([x[y == c].mean(axis=0) for c in range(data.num_classes)])
+                top1 = topk_accuracy(test @ means.T, data.test_y, 1)
+                rows.append(data.row(name, self.name, f, top1, None, metric="cosine"))
+        return rows
+
+    def settings(self, row):
+        return {"metric": "cosine"}
+
+    def notes(self, rows):
+        return "- centroid: the nearest class mean (cosine).\n"
+
+
+def test_a_protocol_plugs_in_with_one_registration(tiny_run, monkeypatch):
+    result, _ = tiny_run
+    eval_json = os.path.join(result.workdir, "eval.json")
+    if os.path.exists(eval_json):
+        os.remove(eval_json)
+    # PROTOCOLS.add("centroid", _CentroidProtocol), undone after the test.
+    monkeypatch.setitem(PROTOCOLS._entries, "centroid", _CentroidProtocol)
+    kw = dict(label_fractions=(1.0,), batch_size=64, plots=False)
+    reps = ("ssl", "raw_pixels")
+    rows = evaluate(result.workdir, representations=reps, protocols=("linear", "centroid"), **kw)
+    assert [(r["representation"], r["protocol"]) for r in rows] == [
+        ("ssl", "linear"),
+        ("ssl", "centroid"),
+        ("raw_pixels", "linear"),
+        ("raw_pixels", "centroid"),
+    ]
+    for r in rows:
+        assert 0.0 <= r["top1"] <= 1.0 and r["n_labels"] == 96 and r["step"] == 4
+        assert (r.get("metric") == "cosine") == (r["protocol"] == "centroid")
+    md = open(os.path.join(result.workdir, "eval.md")).read()
+    assert "| raw_pixels | centroid |" in md and "- centroid: the nearest class mean" in md
+    # A later evaluation keeps its rows (made with the same settings) next to its own.
+    evaluate(result.workdir, representations=("ssl",), protocols=("knn",), **kw)
+    saved = [(r["representation"], r["protocol"]) for r in json.load(open(eval_json))]
+    assert saved == [
+        ("ssl", "knn"),
+        ("ssl", "knn_k20"),
+        ("ssl", "linear"),
+        ("ssl", "centroid"),
+        ("raw_pixels", "linear"),
+        ("raw_pixels", "centroid"),
+    ]
 
 
 def _evaluate_error(args) -> str:

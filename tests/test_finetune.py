@@ -71,7 +71,7 @@ def _leaves(tree):
 
 def test_schedule_and_default_steps():
     steps = np.arange(100)
-    lr = np.asarray(jax.vmap(lambda s: finetune_module.warmup_cosine(s, 100, 0.1))(steps))
+    lr = np.asarray(jax.vmap(lambda s: finetune_module.lr_multiplier(s, 100, 0.1))(steps))
     np.testing.assert_allclose(lr[:10], np.arange(1, 11) / 10, rtol=1e-6)  # warmup, never 0
     assert lr[10] == pytest.approx(1.0) and np.all(np.diff(lr[10:]) < 0) and lr[-1] < 1e-3
     assert default_finetune_steps(600, 256) == 94  # 40 epochs

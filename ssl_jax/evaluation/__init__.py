@@ -7,14 +7,22 @@
 or from the shell: ``ssl-jax evaluate --workdir runs/simclr [--label_fractions=0.01,0.1,1.0]``
 (``--protocols=knn,linear`` leaves out the fine-tuning, the slow part).
 
-Modules: ``features`` (load a run's encoder, extract features), ``splits`` (class-balanced label
-subsets and validation splits), ``knn`` (weighted and majority kNN), ``linear`` (the
-preconditioned L-BFGS logistic-regression probe), ``finetune`` (the whole encoder plus a linear
-head trained on a labelled subset; from a random init it is the supervised-from-scratch
-baseline), ``metrics`` (top-k with a fixed tie rule), ``suite`` (``evaluate``: every
-representation x protocol x label fraction, and the report), ``maps`` (PCA and t-SNE),
-``plots`` (the PNG pictures; imported on use, as it needs matplotlib), ``monitor`` (the kNN
-monitor that pretraining logs every ``config.eval_every`` steps).
+Modules:
+
+- loading and features: ``features`` (load a run's encoder, the frozen-model wrapper, extract
+  features);
+- algorithms: ``splits`` (class-balanced label subsets and validation splits), ``knn``
+  (weighted and majority kNN), ``linear`` (the preconditioned L-BFGS logistic-regression probe),
+  ``finetune`` (the whole encoder plus a linear head trained on a labelled subset; from a random
+  init it is the supervised-from-scratch baseline), ``metrics`` (top-k with a fixed tie rule),
+  ``maps`` (PCA and t-SNE);
+- protocols, each an object registered by name in ``protocol.PROTOCOLS``: ``knn_protocol``,
+  ``linear_protocol``, ``finetune_protocol`` (``protocol`` says what a protocol provides);
+- the orchestrator and its report: ``suite`` (``evaluate``: every representation x protocol x
+  label fraction), ``report`` (row order, the eval.json merge, eval.md), ``plots`` (the PNG
+  pictures; imported on use, as it needs matplotlib);
+- a training-time hook's measure: ``monitor`` (the kNN monitor that pretraining logs every
+  ``config.eval_every`` steps).
 
 TODO: multi-process (multi-host) feature extraction and fine-tuning.
 """
@@ -44,14 +52,10 @@ from ssl_jax.evaluation.linear import (
 )
 from ssl_jax.evaluation.maps import pca, tsne
 from ssl_jax.evaluation.metrics import label_rank, topk_accuracy
+from ssl_jax.evaluation.protocol import PROTOCOLS, REPRESENTATIONS, EvalInputs, Protocol
+from ssl_jax.evaluation.report import format_table
 from ssl_jax.evaluation.splits import class_balanced_subset, validation_folds, validation_split
-from ssl_jax.evaluation.suite import (
-    PROTOCOL_CHOICES,
-    PROTOCOLS,
-    REPRESENTATIONS,
-    evaluate,
-    format_table,
-)
+from ssl_jax.evaluation.suite import PROTOCOL_CHOICES, evaluate
 
 __all__ = [
     "pca",
@@ -61,9 +65,11 @@ __all__ = [
     "PROTOCOL_CHOICES",
     "REPRESENTATIONS",
     "Encoder",
+    "EvalInputs",
     "FeatureStats",
     "FinetuneHParams",
     "FinetunedClassifier",
+    "Protocol",
     "class_balanced_subset",
     "default_finetune_steps",
     "encoder_from_state",

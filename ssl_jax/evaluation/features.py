@@ -53,7 +53,9 @@ def preprocess(
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "size", "mean", "std"))
-def _encode(graphdef, state, images, *, size, mean, std):
+def _forward(graphdef, state, images, *, size, mean, std):
+    # Every frozen model's call (encoders and fine-tuned classifiers): one compilation per
+    # architecture, image shape and input preparation.
     return nnx.merge(graphdef, state)(preprocess(images, size, mean, std))
 
 
@@ -111,7 +113,10 @@ def _checked_images(images: Any, channels: int | None) -> Any:
 @dataclasses.dataclass(frozen=True)
 class Encoder:
     """A frozen encoder in eval mode; call it on images [B, H, W, C] to get float32 features
-    [B, F]. The call is jitted; encoders of one architecture share the compilation.
+    [B, F]. The call is jitted; encoders of one architecture share the compilation. (The one
+    frozen-model wrapper: a fine-tuned classifier,
+    :class:`~ssl_jax.evaluation.finetune.FinetunedClassifier`, is an Encoder whose outputs are
+    logits.)
 
     Images are uint8 in [0, 255] or float in [0, 1] (uint8 / 255), with ``config.image_channels``
     channels; any size (resized and centre-cropped to ``image_size``). Float images in [0, 255]
@@ -149,7 +154,7 @@ class Encoder:
     def __call__(self, images: Any) -> jax.Array:
         """uint8 [B, H, W, C] in [0, 255] or float in [0, 1] -> float32 features [B, F]."""
         channels = getattr(self.config, "image_channels", None)
-        return _encode(
+        return _forward(
             self.graphdef,
             self.state,
             jnp.asarray(_checked_images(images, channels)),

@@ -27,9 +27,11 @@ pretrained encoder (1%: 1e-4 75.0%, 1e-3 79.2%); at 10% 3e-3 matched 1e-2 and be
 86.1 / 86.1 / 85.0%, supervised 82.9 / 83.3 / 79.7%); crop (0.8, 1) beat (0.5, 1) at 10% (ssl
 88.2 vs 86.1%, supervised 87.4 vs 82.9%).
 
-A run is a pure function of the seed (batch order, augmentation keys). One jitted step serves
-every fine-tuning of an architecture and batch size: the schedule's length is an array, not a
-static argument, so the 1% and 10% subsets and the supervised baseline share one compilation.
+A run is a pure function of the seed (batch order, augmentation keys). It trains the
+:class:`~ssl_jax.methods.state.TrainState` that every method trains (``apply_gradients`` with the
+per-group learning rates as ``scale_updates``). One jitted step serves every fine-tuning of an
+architecture and batch size: the schedule's length is an array (``state.extra['total_steps']``),
+not a static field, so the 1% and 10% subsets and the supervised baseline share one compilation.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import functools
 import math
 import time
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -48,8 +50,10 @@ import optax
 from flax import nnx
 
 from ssl_jax import augment, logs
-from ssl_jax.evaluation.features import Encoder, extract_features, preprocess
+from ssl_jax.evaluation.features import Encoder, extract_features
 from ssl_jax.evaluation.metrics import topk_accuracy
+from ssl_jax.methods.state import TrainState
+from ssl_jax.models import decay_mask_for
 
 FINETUNE_EPOCHS = 40  # passes over the labelled subset, within the step bounds below
 FINETUNE_MIN_STEPS = 50  # tiny subsets still get enough updates to fit the head and adapt BN
@@ -151,32 +155,25 @@ class LinearClassifier(nnx.Module):
         return self.head(self.norm(self.encoder(x).astype(jnp.float32)))
 
 
-class FinetuneState(NamedTuple):
-    """The arrays a fine-tuning step updates (the graph definition and settings are static)."""
-
-    step: jax.Array  # int32 scalar: updates applied
-    total_steps: jax.Array  # int32 scalar: the schedule's length (an array: one compilation)
-    params: nnx.State
-    batch_stats: nnx.State
-    opt_state: optax.OptState
+def _optimizer(hp: FinetuneHParams, model: nnx.Module) -> optax.GradientTransformation:
+    """AdamW without its learning rate, which the step applies per parameter group; weight
+    decay where the model's policy puts it (:func:`ssl_jax.models.decay_mask_for`: conv /
+    linear kernels, not biases and BatchNorm scales / shifts)."""
+    return _adamw(hp.weight_decay, decay_mask_for(model))
 
 
-def _kernels(params):
-    # Weight decay on conv / linear kernels only, not on biases and BatchNorm scales / shifts.
-    return jax.tree.map(lambda p: p.ndim > 1, params)
+@functools.cache
+def _adamw(weight_decay: float, mask: Any) -> optax.GradientTransformation:
+    # One object per (decay, mask): the optimizer is a static field of the TrainState, so equal
+    # settings must give the same object for every fine-tuning to share one compiled step.
+    return optax.chain(optax.scale_by_adam(), optax.add_decayed_weights(weight_decay, mask=mask))
 
 
-def _optimizer(hp: FinetuneHParams) -> optax.GradientTransformation:
-    """AdamW without its learning rate, which the step applies per parameter group."""
-    return optax.chain(
-        optax.scale_by_adam(), optax.add_decayed_weights(hp.weight_decay, mask=_kernels)
-    )
-
-
-def warmup_cosine(step: jax.Array, total_steps: jax.Array, warmup_frac: float) -> jax.Array:
+def lr_multiplier(step: jax.Array, total_steps: jax.Array, warmup_frac: float) -> jax.Array:
     """Learning-rate multiplier in [0, 1]: linear warmup over ``round(warmup_frac * total)``
     steps (the first step already non-zero), then cosine decay towards 0 at ``total_steps``.
-    ``step`` and ``total_steps`` may be traced."""
+    ``step`` and ``total_steps`` may be traced (unlike :func:`ssl_jax.optim.warmup_cosine`, an
+    optax schedule of a fixed length), so runs of any length share one compiled step."""
     total = jnp.maximum(total_steps, 1).astype(jnp.float32)
     warmup = jnp.round(warmup_frac * total)
     step = step.astype(jnp.float32)
@@ -185,80 +182,64 @@ def warmup_cosine(step: jax.Array, total_steps: jax.Array, warmup_frac: float) -
     return jnp.where(step < warmup, ramp, 0.5 * (1.0 + jnp.cos(jnp.pi * progress)))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "view", "hp"), donate_argnames=("state",))
-def _train_step(state: FinetuneState, images, labels, key, *, graphdef, view, hp):
+@functools.partial(jax.jit, static_argnames=("view",), donate_argnames=("state",))
+def _train_step(state: TrainState, images, labels, key, *, view):
     """One update on a uint8 batch [B, H, W, C] with int labels [B]; the step is folded into
-    ``key`` for the augmentation."""
+    ``key`` for the augmentation. ``state.extra['total_steps']`` is the schedule's length (an
+    array: runs of any length share the compilation); ``state.hparams`` the settings."""
+    hp = state.hparams
     x = augment.augment(images, jax.random.fold_in(key, state.step), view)
     x = jax.lax.stop_gradient(x)
 
     def loss_fn(params):
-        model = nnx.merge(graphdef, params, state.batch_stats, copy=True)
+        model = state.module(params, copy=True)
         logits = model(x)
         loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
         return loss, (nnx.state(model, nnx.BatchStat), logits)
 
     (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = _optimizer(hp).update(grads, state.opt_state, state.params)
-    scale = warmup_cosine(state.step, state.total_steps, hp.warmup_frac)
+    scale = state.schedule(state.step, state.extra["total_steps"], hp.warmup_frac)
 
-    def apply_lr(path, u):
-        peak = hp.lr if path[0].key == "head" else hp.encoder_lr
-        return -peak * scale * u
+    def apply_lr(updates):  # the peak rate of the head or of the encoder, times the schedule
+        return jax.tree_util.tree_map_with_path(
+            lambda path, u: -(hp.lr if path[0].key == "head" else hp.encoder_lr) * scale * u,
+            updates,
+        )
 
-    updates = jax.tree_util.tree_map_with_path(apply_lr, updates)
+    state, _ = state.apply_gradients(grads, scale_updates=apply_lr, batch_stats=batch_stats)
     metrics = {
         "loss": loss,
         "accuracy": jnp.mean(jnp.argmax(logits, axis=-1) == labels),
         "lr_scale": scale,
     }
-    new_state = FinetuneState(
-        step=state.step + 1,
-        total_steps=state.total_steps,
-        params=optax.apply_updates(state.params, updates),
-        batch_stats=batch_stats,
-        opt_state=opt_state,
-    )
-    return new_state, metrics
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "size", "mean", "std"))
-def _logits(graphdef, state, images, *, size, mean, std):
-    return nnx.merge(graphdef, state)(preprocess(images, size, mean, std))
+    return state, metrics
 
 
 @dataclasses.dataclass(frozen=True)
-class FinetunedClassifier:
-    """A fine-tuned encoder + head in eval mode (BatchNorm running averages); call it on uint8
-    images [B, H, W, C] (prepared like :class:`Encoder` inputs) to get float32 logits [B, C].
+class FinetunedClassifier(Encoder):
+    """A fine-tuned encoder + head in eval mode (BatchNorm running averages): an
+    :class:`~ssl_jax.evaluation.features.Encoder` (same call, same input checks) whose outputs
+    are float32 logits [B, C], with the record of its training.
 
     Attributes:
       graphdef, state: the :class:`LinearClassifier` split in eval mode.
-      image_size, mean, std: input preparation (see :func:`preprocess`).
+      config, step, workdir: those of the start encoder (step: its checkpoint's).
+      image_size, mean, std: input preparation (see
+        :func:`~ssl_jax.evaluation.features.preprocess`).
       steps: updates applied; hparams: the settings used.
       train_loss, train_top1: mean loss and accuracy of the (augmented) batches of the last
         10% of the steps (None after 0 steps).
     """
 
-    graphdef: Any
-    state: Any
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
     steps: int
     hparams: FinetuneHParams
     train_loss: float | None
     train_top1: float | None
 
     @property
-    def module(self) -> nnx.Module:
-        return nnx.merge(self.graphdef, self.state)
-
-    def __call__(self, images: Any) -> jax.Array:
-        size, mean, std = self.image_size, self.mean, self.std
-        return _logits(
-            self.graphdef, self.state, jnp.asarray(images), size=size, mean=mean, std=std
-        )
+    def num_features(self) -> int:
+        """C: one output per class."""
+        return int(self.module.head.out_features)
 
 
 def batch_order(n: int, steps: int, batch_size: int, seed: int) -> np.ndarray:
@@ -322,18 +303,17 @@ def finetune_encoder(
         nnx.merge(encoder.graphdef, encoder.state, copy=True), encoder.num_features, num_classes
     )
     model.train()
-    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    # Fresh buffers: the step donates its state, and merge may share the encoder's arrays.
-    params, batch_stats = jax.tree.map(jnp.copy, (params, batch_stats))
-    state = FinetuneState(
-        step=jnp.zeros((), jnp.int32),
-        total_steps=jnp.asarray(steps, jnp.int32),
-        params=params,
-        batch_stats=batch_stats,
-        opt_state=_optimizer(hp).init(params),
+    state = TrainState.create(
+        model,
+        tx=_optimizer(hp, model),
+        schedule=lr_multiplier,
+        hparams=hp,
+        extra={"total_steps": jnp.asarray(steps, jnp.int32)},
     )
-    # Committed to one device like the step's outputs, so the first call compiles the same
+    # Fresh buffers (the step donates its state, and merge may share the encoder's arrays),
+    # committed to one device like the step's outputs, so the first call compiles the same
     # program as every later one (uncommitted arrays would make a second compilation).
+    state = jax.tree.map(jnp.copy, state)
     state = jax.device_put(state, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     view = hp.view(encoder.image_size, encoder.mean, encoder.std)
     key = jax.random.key(seed)
@@ -343,9 +323,7 @@ def finetune_encoder(
     t0 = time.perf_counter()
     for i in range(steps):
         idx = order[i]
-        state, metrics = _train_step(
-            state, images[idx], labels[idx], key, graphdef=graphdef, view=view, hp=hp
-        )
+        state, metrics = _train_step(state, images[idx], labels[idx], key, view=view)
         history.append(metrics)
     train_loss = train_top1 = None
     if history:
@@ -362,12 +340,15 @@ def finetune_encoder(
             + (f", final training loss {train_loss:.3f}" if train_loss is not None else "")
         )
 
-    model = nnx.merge(graphdef, state.params, state.batch_stats)
+    model = state.module()
     model.eval()
     eval_graphdef, eval_state = nnx.split(model)
     return FinetunedClassifier(
         graphdef=eval_graphdef,
         state=eval_state,
+        config=encoder.config,
+        step=encoder.step,
+        workdir=encoder.workdir,
         image_size=encoder.image_size,
         mean=encoder.mean,
         std=encoder.std,

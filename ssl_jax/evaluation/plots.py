@@ -22,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ssl_jax.evaluation.maps import pca, tsne
+from ssl_jax.run import Run
 
 
 def balanced_subsample(labels: np.ndarray, max_points: int, *, seed: int = 0) -> np.ndarray:
@@ -136,7 +137,7 @@ def plot_embeddings(
     pca_path = plot_embedding(
         proj,
         labels[idx],
-        os.path.join(outdir, "embedding_pca.png"),
+        Run(outdir).figure("embedding_pca"),
         class_names=class_names,
         title=f"PCA of test-set embeddings ({n:,} of {len(features):,} points)",
         xlabel=f"PC 1 ({100 * ratio[0]:.1f}% of variance; feature units)",
@@ -147,7 +148,7 @@ def plot_embeddings(
     tsne_path = plot_embedding(
         maps,
         labels[idx],
-        os.path.join(outdir, "embedding_tsne.png"),
+        Run(outdir).figure("embedding_tsne"),
         class_names=class_names,
         title=f"t-SNE of test-set embeddings ({n:,} points, perplexity {perp:g})",
         xlabel="t-SNE 1 (arbitrary units)",
@@ -166,7 +167,7 @@ def read_metrics(path: str) -> list[dict]:
     the strings 'nan' / 'inf' that the writer uses for non-finite values become floats.
     """
     if os.path.isdir(path):
-        path = os.path.join(path, "metrics.jsonl")
+        path = Run(path).metrics_path
     by_step: dict[int, dict] = {}
     with open(path) as f:
         for line in f:
@@ -302,28 +303,25 @@ def write_plots(
     """
     if (test_features is None) != (test_labels is None):
         raise ValueError("give both test_features and test_labels, or neither")
-    os.makedirs(workdir, exist_ok=True)
+    run = Run(workdir)
+    os.makedirs(run.workdir, exist_ok=True)
     written = []
     if test_features is not None:
         written += plot_embeddings(
             test_features,
             test_labels,
-            workdir,
+            run.workdir,
             class_names=class_names,
             max_points=max_points,
             seed=seed,
         )
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.isfile(metrics_path):
-        records = read_metrics(metrics_path)
+    if os.path.isfile(run.metrics_path):
+        records = read_metrics(run.metrics_path)
         if any(_series(records, k)[0].size for k in ("loss", "knn_top1")):
-            written.append(
-                plot_training_curves(records, os.path.join(workdir, "training_curves.png"))
-            )
-    eval_path = os.path.join(workdir, "eval.json")
-    if rows is None and os.path.isfile(eval_path):
-        with open(eval_path) as f:
+            written.append(plot_training_curves(records, run.figure("training_curves")))
+    if rows is None and os.path.isfile(run.eval_json):
+        with open(run.eval_json) as f:
             rows = json.load(f)
     if rows and any(r.get("top1") is not None for r in rows):
-        written.append(plot_label_efficiency(rows, os.path.join(workdir, "label_efficiency.png")))
+        written.append(plot_label_efficiency(rows, run.figure("label_efficiency")))
     return written

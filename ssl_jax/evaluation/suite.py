@@ -2,7 +2,7 @@
 
 For each label fraction a class-balanced labelled subset of the training split is drawn once
 (:mod:`ssl_jax.evaluation.splits`) and shared by every representation and protocol; the test
-split is only ever scored. Representations:
+split is only ever scored. Representations (:data:`~ssl_jax.evaluation.protocol.REPRESENTATIONS`):
 
   ssl          the run's encoder (latest checkpoint)
   random_init  the same architecture as initialised by ``init_state`` with the run's seed
@@ -10,10 +10,13 @@ split is only ever scored. Representations:
   supervised   random_init fine-tuned on the labelled subset (fine-tuning only): the
                supervised-from-scratch baseline
 
-Protocols: ``knn`` (k=200, votes exp(sim / 0.1)), ``knn_k20`` (k=20, majority), both with the
-labelled subset as the memory bank, ``linear`` (L2-regularised logistic regression) on frozen
-features, and ``finetune`` (:mod:`ssl_jax.evaluation.finetune`: the whole encoder plus a linear
-head trained on the labelled subset; ssl and supervised, by default at the fractions below 1).
+Protocols, each an object registered in :data:`~ssl_jax.evaluation.protocol.PROTOCOLS`: ``knn``
+(knn_protocol.py: k=200, votes exp(sim / 0.1), and ``knn_k20``, k=20, majority, both with the
+labelled subset as the memory bank), ``linear`` (linear_protocol.py: L2-regularised logistic
+regression on frozen features), and ``finetune`` (finetune_protocol.py: the whole encoder plus a
+linear head trained on the labelled subset; ssl and supervised, by default at the fractions
+below 1). :func:`evaluate` runs the selected ones; ``report.py`` orders, merges and writes the
+rows.
 
 Cost: fine-tuning is capped at 200 steps of 256 images a run (``default_finetune_steps``). On
 Fashion-MNIST ssl and supervised at 1% and 10% (94 + 200 steps each) took 336 s with their scoring
@@ -25,88 +28,40 @@ only fine-tuned on request (``finetune_fractions``); ``protocols=('knn', 'linear
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from ssl_jax import data, logs
 from ssl_jax.checkpoint import checkpoint_id
+from ssl_jax.evaluation import report
 from ssl_jax.evaluation.features import (
+    Encoder,
     extract_features,
     load_encoder,
     random_init_encoder,
     raw_pixels,
 )
-from ssl_jax.evaluation.finetune import (
-    FinetuneHParams,
-    default_finetune_steps,
-    finetune_and_score,
+from ssl_jax.evaluation.finetune import FinetuneHParams
+from ssl_jax.evaluation.linear import DEFAULT_L2_GRID
+from ssl_jax.evaluation.protocol import (
+    REPRESENTATIONS,
+    EvalInputs,
+    Protocol,
+    build_protocols,
+    protocol_names,
 )
-from ssl_jax.evaluation.knn import knn_neighbors, knn_votes, l2_normalize
-from ssl_jax.evaluation.linear import DEFAULT_L2_GRID, FeatureStats, linear_probe
-from ssl_jax.evaluation.metrics import topk_accuracy
+from ssl_jax.evaluation.report import format_table
 from ssl_jax.evaluation.splits import class_balanced_subset
+from ssl_jax.run import Run
 
-REPRESENTATIONS = ("ssl", "random_init", "raw_pixels", "supervised")
-PROTOCOLS = ("knn", "knn_k20", "linear", "finetune")  # the rows' names, default kNN settings
-# What ``evaluate(protocols=...)`` selects: 'knn' is both kNN rows (one neighbour search).
-PROTOCOL_CHOICES = ("knn", "linear", "finetune")
-# The protocols each representation is evaluated with (when selected).
-_PROTOCOLS_OF = {
-    "ssl": ("knn", "linear", "finetune"),
-    "random_init": ("knn", "linear"),
-    "raw_pixels": ("linear",),
-    "supervised": ("finetune",),
-}
-# How the linear probe chooses its L2 (linear_probe's select_by).
-_PROBE_SELECT_BY = "cross_entropy"
-# Table order: the run's encoder, the supervised baseline, then the frozen baselines.
-_REPRESENTATION_RANK = {
-    name: i for i, name in enumerate(("ssl", "supervised", "random_init", "raw_pixels"))
-}
+# What ``evaluate(protocols=...)`` selects, by rank: 'knn' is both kNN rows (one neighbour search).
+PROTOCOL_CHOICES = protocol_names()
 
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
-
-
-def _num(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3f}"
-
-
-def _fraction_name(f: float) -> str:
-    return f"{100 * f:g}%"
-
-
-def format_table(rows: Sequence[dict]) -> str:
-    """A markdown table of top-1 / top-5 test accuracy (%): one line per (representation,
-    protocol), one column per label fraction."""
-    fractions = sorted({r["label_fraction"] for r in rows})
-    n_labels = {r["label_fraction"]: r["n_labels"] for r in rows}
-    keys = list(dict.fromkeys((r["representation"], r["protocol"]) for r in rows))
-    cell = {(r["representation"], r["protocol"], r["label_fraction"]): r for r in rows}
-    head = ["representation", "protocol"] + [
-        f"{_fraction_name(f)} ({n_labels[f]:,} labels)" for f in fractions
-    ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for rep, proto in keys:
-        cells = []
-        for f in fractions:
-            r = cell.get((rep, proto, f))
-            cells.append("" if r is None else f"{_pct(r['top1'])} / {_pct(r.get('top5'))}")
-        lines.append("| " + " | ".join([rep, proto, *cells]) + " |")
-    return "\n".join(lines)
-
-
-def _check_labels(labels: np.ndarray, num_classes: int, split: str) -> None:
-    if labels.size == 0 or labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(
-            f"The {split} split needs labels in [0, {num_classes}) for evaluation; got "
-            f"{'none' if labels.size == 0 else f'[{labels.min()}, {labels.max()}]'}."
-        )
+__all__ = ["PROTOCOL_CHOICES", "REPRESENTATIONS", "evaluate", "format_table"]
 
 
 def evaluate(
@@ -142,12 +97,15 @@ def evaluate(
         representation) and fixes the fine-tuning runs (batch order, augmentation).
       representations: any of ``REPRESENTATIONS``; each is evaluated with the selected
         protocols that apply to it (supervised: finetune only; raw_pixels: linear only).
-      protocols: any of ``PROTOCOL_CHOICES`` ('knn' gives both kNN rows); leave out
+      protocols: names in :data:`~ssl_jax.evaluation.protocol.PROTOCOLS` (the default,
+        ``PROTOCOL_CHOICES``: all three built-in ones; 'knn' gives both kNN rows); leave out
         'finetune' for a quick evaluation.
       step: checkpoint to evaluate (default: the latest).
       test_split: the split that is scored (only scored: no choice looks at it).
       batch_size: images per feature-extraction (and fine-tuned scoring) batch.
-      knn_k, knn_temperature: the weighted kNN; knn_majority_k: the majority-vote kNN.
+      knn_k, knn_temperature, ...: the protocols' settings, each read by the protocol whose
+        field has its name (:meth:`~ssl_jax.evaluation.protocol.Protocol.from_options`).
+        knn_k, knn_temperature: the weighted kNN; knn_majority_k: the majority-vote kNN.
       l2_grid, max_iter: the linear probe's L2 candidates and L-BFGS iterations.
       finetune_fractions: the label fractions that are fine-tuned on, each one of
         ``label_fractions``; None: those below 1 (fine-tuning on every label is the costly one).
@@ -172,67 +130,36 @@ def evaluate(
       steps, batch_size, lr, encoder_lr and train_loss (finetune). Accuracies are in [0, 1].
     """
     t_start = time.perf_counter()
-    unknown = sorted(set(representations) - set(REPRESENTATIONS))
-    if unknown or not representations:
-        raise ValueError(f"representations must be among {REPRESENTATIONS}, got {unknown}")
-    unknown = sorted(set(protocols) - set(PROTOCOL_CHOICES))
-    if unknown or not protocols:
-        raise ValueError(f"protocols must be among {PROTOCOL_CHOICES}, got {unknown}")
-    fractions = sorted({float(f) for f in label_fractions})
-    if not fractions or not all(0.0 < f <= 1.0 for f in fractions):
-        raise ValueError(f"label fractions must be in (0, 1], got {list(label_fractions)}")
-    if finetune_fractions is None:
-        ft_fractions = [f for f in fractions if f < 1.0]
-    else:
-        ft_fractions = sorted({float(f) for f in finetune_fractions})
-        if not set(ft_fractions) <= set(fractions):
-            raise ValueError(
-                f"finetune_fractions must be among the label fractions {fractions}, got "
-                f"{list(finetune_fractions)}"
-            )
-    if finetune_steps is not None and finetune_steps < 0:
-        raise ValueError(f"finetune_steps must be >= 0 or None, got {finetune_steps}")
-    if not ft_fractions:  # e.g. label_fractions=(1.0,) with the default finetune_fractions
-        protocols = [p for p in protocols if p != "finetune"]
-    pairs = {name: [p for p in _PROTOCOLS_OF[name] if p in protocols] for name in representations}
-    pairs = {name: protos for name, protos in pairs.items() if protos}
-    if not pairs:
-        raise ValueError(
-            f"no representation in {list(representations)} is evaluated with the protocols "
-            f"{list(protocols)} at fine-tuning fractions {ft_fractions} (supervised: finetune "
-            "only, by default at the label fractions below 1; raw_pixels: linear only)"
+    fractions = _check_selection(representations, protocols, label_fractions)
+    every = build_protocols(  # all of them: those not run still judge the earlier rows kept
+        dict(
+            knn_k=knn_k,
+            knn_temperature=knn_temperature,
+            knn_majority_k=knn_majority_k,
+            l2_grid=l2_grid,
+            max_iter=max_iter,
+            finetune_fractions=finetune_fractions,
+            finetune_steps=finetune_steps,
+            finetune_batch_size=finetune_batch_size,
+            finetune_lr=finetune_lr,
+            finetune_encoder_lr=finetune_encoder_lr,
         )
-    ft_hparams = FinetuneHParams(
-        batch_size=finetune_batch_size, lr=finetune_lr, encoder_lr=finetune_encoder_lr
     )
+    plan = _plan(every, protocols, representations, fractions)
 
     encoder = load_encoder(workdir, step=step)
+    run = Run(encoder.workdir)
     config = encoder.config
-    train_src = data.source_from_config(config, unreadable="raise")  # score the images named
-    test_src = data.source_from_config(config, split=test_split)
-    for src in (train_src, test_src):
-        if src.image_shape[-1] != config.image_channels:
-            raise ValueError(
-                f"{src.name} has {src.image_shape[-1]}-channel images but the run was trained "
-                f"on {config.image_channels} channels."
-            )
-    random_init = None
-    if "random_init" in pairs or "supervised" in pairs:
-        random_init = random_init_encoder(config)
-    extractors = {}  # the representations with a frozen-feature protocol
-    for name, protos in pairs.items():
-        if not set(protos) & {"knn", "linear"}:
-            continue
-        if name == "ssl":
-            extractors[name] = encoder
-        elif name == "random_init":
-            extractors[name] = random_init
-        else:
-            extractors[name] = functools.partial(raw_pixels, size=int(config.image_size))
+    train_src, test_src = _sources(config, test_split)
+    pairs = {name: [p.name for p, reps, _ in plan if name in reps] for name in representations}
+    pairs = {name: names for name, names in pairs.items() if names}
+    models = _models(encoder, pairs)
+    featured = {name for p, reps, _ in plan if p.uses_features for name in reps}
+    extractors = {name: models[name] for name in pairs if name in featured}
     logs.console(
         f"evaluating {encoder.workdir} ({config.method}, checkpoint step {encoder.step}): "
         f"{config.dataset}, {len(train_src):,} train / {len(test_src):,} {test_split} images; "
-        + "; ".join(f"{name}: {', '.join(protos)}" for name, protos in pairs.items())
+        + "; ".join(f"{name}: {', '.join(names)}" for name, names in pairs.items())
     )
     t = time.perf_counter()
     train_x, train_y = extract_features(
@@ -245,318 +172,136 @@ def evaluate(
     num_classes = train_src.num_classes or int(train_y.max()) + 1
     _check_labels(train_y, num_classes, "training")
     _check_labels(test_y, num_classes, test_split)
-
-    subsets = {
-        f: class_balanced_subset(train_y, f, seed=seed, num_classes=num_classes) for f in fractions
-    }
-    knn_protocols = (
-        ("knn", knn_k, knn_temperature),
-        (f"knn_k{knn_majority_k}", knn_majority_k, None),
+    inputs = EvalInputs(
+        models=models,
+        train_x=train_x,
+        test_x=test_x,
+        train_y=train_y,
+        test_y=test_y,
+        subsets={
+            f: class_balanced_subset(train_y, f, seed=seed, num_classes=num_classes)
+            for f in fractions
+        },
+        train_source=train_src,
+        test_source=test_src,
+        num_classes=num_classes,
+        seed=seed,
+        batch_size=batch_size,
+        step=encoder.step,
+        checkpoint_id=checkpoint_id(run.checkpoints_dir, encoder.step),
+        test_split=test_split,
     )
-    rows: list[dict] = []
+    rows = [row for p, reps, fs in plan for row in p.run(inputs, reps, fs)]
 
-    ckpt_id = checkpoint_id(os.path.join(encoder.workdir, "checkpoints"), encoder.step)
-
-    def common(name: str, f: float) -> dict:
-        return dict(
-            representation=name,
-            label_fraction=f,
-            n_labels=int(len(subsets[f])),
-            seed=seed,
-            step=encoder.step,
-            checkpoint_id=ckpt_id,
-            test_split=test_split,
-        )
-
-    for name in extractors:
-        stats = FeatureStats.of(train_x[name])  # standardisation + preconditioner, once
-        normalized = None
-        if "knn" in pairs[name]:
-            normalized = l2_normalize(train_x[name]), l2_normalize(test_x[name])
-        for f in fractions:
-            subset = subsets[f]
-            if normalized is not None:
-                t = time.perf_counter()
-                bank, query = normalized
-                new = _knn_rows(
-                    query, test_y, bank[subset], train_y[subset], num_classes, knn_protocols
-                )
-                rows += [dict(common(name, f), **r) for r in new]
-                logs.console(
-                    f"  {name} kNN, {_fraction_name(f)} labels: top-1 "
-                    + ", ".join(f"{_pct(r['top1'])}% ({r['protocol']})" for r in new)
-                    + f" [{time.perf_counter() - t:.1f} s]"
-                )
-            if "linear" not in pairs[name]:
-                continue
-            t = time.perf_counter()
-            probe = linear_probe(
-                train_x[name],
-                train_y,
-                test_x[name],
-                test_y,
-                subset,
-                num_classes=num_classes,
-                seed=seed,
-                l2_grid=tuple(l2_grid),
-                max_iter=max_iter,
-                stats=stats,
-                select_by=_PROBE_SELECT_BY,
-            )
-            rows.append(dict(common(name, f), protocol="linear", **_pick(probe, _LINEAR_FIELDS)))
-            logs.console(
-                f"  {name} linear, {_fraction_name(f)} labels: top-1 {_pct(probe['top1'])}% "
-                f"(l2={probe['l2_selected']:g} chosen: validation cross-entropy "
-                f"{_num(probe['val_ce'])}, top-1 {_pct(probe['val_top1'])}%; refit with "
-                f"{probe['l2']:.3g}) "
-                f"[{time.perf_counter() - t:.1f} s]"
-            )
-
-    starts = {"ssl": encoder, "supervised": random_init}
-    starts = {name: starts[name] for name in pairs if "finetune" in pairs[name]}
-    if starts:
-        t = time.perf_counter()
-        for f in ft_fractions:
-            labelled = train_src.read_batch(subsets[f])  # read once, shared by every start
-            if not np.array_equal(np.asarray(labelled["label"]), train_y[subsets[f]]):
-                raise ValueError(
-                    f"{train_src.name} gave other labels on a second read of the labelled "
-                    "subset: evaluation needs a deterministic source."
-                )
-            steps_f = finetune_steps
-            if steps_f is None:
-                steps_f = default_finetune_steps(len(subsets[f]), ft_hparams.batch_size)
-            results = finetune_and_score(
-                starts,
-                labelled["image"],
-                labelled["label"],
-                test_src,
-                num_classes=num_classes,
-                steps=steps_f,
-                seed=seed,
-                hparams=ft_hparams,
-                batch_size=batch_size,
-                description=f"{_fraction_name(f)} labels",
-            )
-            rows += [dict(common(n, f), protocol="finetune", **r) for n, r in results.items()]
-        logs.console(f"fine-tuning (with its scoring) took {time.perf_counter() - t:.1f} s")
-
-    rank = _row_rank(knn_protocols)
-    rows = [_pick(r, _ROW_ORDER) for r in sorted(rows, key=rank)]
-    shown = rows
-    if write:  # eval.json also keeps the rows of earlier runs of this checkpoint not redone here
-        path = os.path.join(encoder.workdir, "eval.json")
-        kept = _earlier_rows(path, rows, knn_protocols, ft_hparams)
-        shown = sorted(kept + rows, key=rank)
-        if kept:
-            logs.console(
-                f"kept {len(kept)} rows of the earlier evaluation of step {encoder.step} "
-                f"(seed {seed}, {test_split} split) in eval.json: "
-                + ", ".join(sorted({f"{r['representation']} {r['protocol']}" for r in kept}))
-            )
+    rows = sorted(rows, key=report.row_order(every))
+    # eval.json also keeps the rows of earlier runs of this checkpoint not redone here.
+    shown = report.with_earlier_rows(run, rows, every) if write else rows
     table = format_table(shown)
     elapsed = time.perf_counter() - t_start
     logs.console(f"\nTop-1 / top-5 test accuracy (%), evaluated in {elapsed:.0f} s:\n{table}")
     if write:
-        logs.write_atomic(os.path.join(encoder.workdir, "eval.json"), json.dumps(shown, indent=1))
-        notes = _notes(encoder, train_src, test_src, test_split, num_classes, seed, knn_protocols)
-        notes += _finetune_notes(shown, ft_hparams)
-        logs.write_atomic(
-            os.path.join(encoder.workdir, "eval.md"),
-            f"{notes}\nTop-1 / top-5 {test_split} accuracy (%):\n\n{table}\n",
-        )
+        notes = report.header(encoder, inputs) + "".join(p.notes(shown) for p in every)
+        report.write(run, shown, table, description=notes, test_split=test_split)
         if plots:
-            from ssl_jax.evaluation.plots import write_plots  # matplotlib only when plotting
-
-            t = time.perf_counter()
-            written = write_plots(
-                encoder.workdir,
-                rows=shown,
-                test_features=test_x.get("ssl"),
-                test_labels=test_y if "ssl" in test_x else None,
-                class_names=getattr(test_src, "class_names", None),
-                seed=seed,
-            )
-            logs.console(
-                f"pictures ({time.perf_counter() - t:.1f} s): "
-                + ", ".join(os.path.basename(w) for w in written)
-            )
+            _write_plots(run, shown, inputs)
     return rows
 
 
-def _row_rank(knn_protocols):
-    protocol_rank = {
-        p: i for i, p in enumerate([*(p for p, _, _ in knn_protocols), "linear", "finetune"])
+def _check_selection(
+    representations: Sequence[str], protocols: Sequence[str], label_fractions: Sequence[float]
+) -> list[float]:
+    """A ValueError for an unknown representation or protocol or a bad label fraction; the
+    label fractions, sorted."""
+    for what, chosen, known in (
+        ("representations", representations, REPRESENTATIONS),
+        ("protocols", protocols, protocol_names()),  # the registry now: plug-ins included
+    ):
+        unknown = sorted(set(chosen) - set(known))
+        if unknown or not chosen:
+            raise ValueError(f"{what} must be among {known}, got {unknown}")
+    fractions = sorted({float(f) for f in label_fractions})
+    if not fractions or not all(0.0 < f <= 1.0 for f in fractions):
+        raise ValueError(f"label fractions must be in (0, 1], got {list(label_fractions)}")
+    return fractions
+
+
+def _plan(
+    every: Sequence[Protocol],
+    protocols: Sequence[str],
+    representations: Sequence[str],
+    fractions: Sequence[float],
+) -> list[tuple[Protocol, list[str], list[float]]]:
+    """(protocol, its representations, its label fractions) for each selected protocol that
+    has both; a ValueError when none has."""
+    plan, scopes = [], []
+    for p in every:
+        at = p.fractions(fractions)  # checks the protocol's choice of fractions, run or not
+        if p.name not in protocols:
+            continue
+        scopes.append(p.scope(at))
+        reps = [name for name in dict.fromkeys(representations) if name in p.representations]
+        if reps and at:
+            plan.append((p, reps, at))
+    if not plan:
+        raise ValueError(
+            f"no representation in {list(representations)} is evaluated with the protocols "
+            f"{[p.name for p in every if p.name in protocols]} ({'; '.join(scopes)})"
+        )
+    return plan
+
+
+def _sources(config: Any, test_split: str) -> tuple[Any, Any]:
+    """The run's training and test sources; a ValueError if their channels are not the run's."""
+    train_src = data.source_from_config(config, unreadable="raise")  # score the images named
+    test_src = data.source_from_config(config, split=test_split)
+    for src in (train_src, test_src):
+        if src.image_shape[-1] != config.image_channels:
+            raise ValueError(
+                f"{src.name} has {src.image_shape[-1]}-channel images but the run was trained "
+                f"on {config.image_channels} channels."
+            )
+    return train_src, test_src
+
+
+def _models(encoder: Encoder, names: Sequence[str]) -> dict[str, Any]:
+    """Each representation's model: ssl the run's encoder; random_init and supervised (a
+    fine-tuning start) the same architecture at initialisation; raw_pixels the pixels."""
+    random_init = None
+    if {"random_init", "supervised"} & set(names):
+        random_init = random_init_encoder(encoder.config)
+    models = {
+        "ssl": encoder,
+        "random_init": random_init,
+        "raw_pixels": functools.partial(raw_pixels, size=int(encoder.config.image_size)),
+        "supervised": random_init,
     }
+    return {name: models[name] for name in names}
 
-    def rank(row: dict):
-        return (
-            _REPRESENTATION_RANK[row["representation"]],
-            protocol_rank[row["protocol"]],
-            row["label_fraction"],
+
+def _check_labels(labels: np.ndarray, num_classes: int, split: str) -> None:
+    if labels.size == 0 or labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(
+            f"The {split} split needs labels in [0, {num_classes}) for evaluation; got "
+            f"{'none' if labels.size == 0 else f'[{labels.min()}, {labels.max()}]'}."
         )
 
-    return rank
 
+def _write_plots(run: Run, rows: Sequence[dict], inputs: EvalInputs) -> None:
+    """The PNG pictures (:func:`ssl_jax.evaluation.plots.write_plots`): test-set embedding maps
+    of the ssl features, training curves, label efficiency."""
+    from ssl_jax.evaluation.plots import write_plots  # matplotlib only when plotting
 
-def _knn_rows(query, query_labels, bank, bank_labels, num_classes, protocols) -> list[dict]:
-    """One row per (name, k, temperature) in ``protocols``, from one neighbour search."""
-    k_max = min(max(k for _, k, _ in protocols), len(bank))
-    sims, labels = knn_neighbors(query, bank, bank_labels, k=k_max)
-    rows = []
-    for proto, k, temperature in protocols:
-        k = min(k, len(bank))
-        scores = knn_votes(sims, labels, num_classes=num_classes, k=k, temperature=temperature)
-        rows.append(
-            dict(
-                protocol=proto,
-                top1=topk_accuracy(scores, query_labels, 1),
-                top5=topk_accuracy(scores, query_labels, 5),
-                k=k,
-                temperature=temperature,
-            )
-        )
-    return rows
-
-
-def _row_key(row: dict) -> tuple:
-    return row["representation"], row["protocol"], float(row["label_fraction"])
-
-
-def _same_settings(row: dict, knn_protocols, hp: FinetuneHParams) -> bool:
-    """Whether an earlier row was made with this call's settings for its protocol (what
-    eval.md describes): kNN k and temperature, the linear probe with its L2 path (rows before
-    it lack ``l2_selected``) choosing L2 as this one does (rows before ``select_by`` chose by
-    validation top-1), the fine-tuning batch and learning rates."""
-    knn = {name: (k, temperature) for name, k, temperature in knn_protocols}
-    protocol = row["protocol"]
-    if protocol in knn:
-        k, temperature = knn[protocol]
-        return row.get("k") == min(k, row["n_labels"]) and row.get("temperature") == temperature
-    if protocol == "linear":
-        return "l2_selected" in row and row.get("select_by") == _PROBE_SELECT_BY
-    if protocol == "finetune":
-        return (row.get("batch_size"), row.get("lr"), row.get("encoder_lr")) == (
-            hp.batch_size,
-            hp.lr,
-            hp.encoder_lr,
-        )
-    return False
-
-
-def _earlier_rows(path: str, rows: Sequence[dict], knn_protocols, hp: FinetuneHParams) -> list:
-    """The rows of an existing ``eval.json`` to keep next to ``rows``: those of the same
-    checkpoint (step and ``checkpoint_id``: a run deleted and trained again to the same step is
-    another checkpoint), seed and test split (so the same labelled subsets and test images), made
-    with the same settings (:func:`_same_settings`), whose (representation, protocol, label
-    fraction) ``rows`` does not redo. The others describe another experiment and are dropped,
-    with a message; so is a malformed row, and a file that is not a JSON list of rows is set
-    aside as ``eval.json.unreadable``."""
-    if not rows or not os.path.exists(path):
-        return []
-    try:
-        with open(path) as fh:
-            earlier = json.load(fh)
-        if not isinstance(earlier, list):
-            raise ValueError(f"a JSON list of rows was expected, got {type(earlier).__name__}")
-    except (OSError, ValueError) as e:
-        os.replace(path, path + ".unreadable")
-        logs.console(
-            f"warning: {path} is unreadable ({e}); moved to {path}.unreadable and rewritten "
-            "from this run's rows"
-        )
-        return []
-    same = {k: rows[0][k] for k in ("step", "checkpoint_id", "seed", "test_split")}
-    redone = {_row_key(r) for r in rows}
-    kept, dropped = [], 0
-    for r in earlier:
-        try:
-            ok = (
-                r["representation"] in _REPRESENTATION_RANK
-                and all(r.get(k) == v for k, v in same.items())
-                and _same_settings(r, knn_protocols, hp)
-                and isinstance(r["top1"], float | int)
-            )
-            key = _row_key(r)
-        except (KeyError, TypeError, ValueError, AttributeError):
-            ok = False
-        if ok and key not in redone:
-            kept.append(r)
-        elif not ok:
-            dropped += 1
-    if dropped:
-        logs.console(
-            f"dropped {dropped} rows of {path} made at another checkpoint, seed, split or with "
-            "other settings"
-        )
-    return kept
-
-
-def _pick(d: dict, keys: Sequence[str]) -> dict:
-    return {k: d[k] for k in keys if k in d}
-
-
-_LINEAR_FIELDS = ("top1", "top5", "l2", "l2_selected", "select_by", "val_top1", "val_ce", "n_val")
-_ROW_ORDER = (
-    "representation",
-    "protocol",
-    "label_fraction",
-    "n_labels",
-    "top1",
-    "top5",
-    "seed",
-    "step",
-    "checkpoint_id",
-    "test_split",
-    "k",
-    "temperature",
-    "l2",
-    "l2_selected",
-    "select_by",
-    "val_top1",
-    "val_ce",
-    "n_val",
-    "steps",
-    "batch_size",
-    "lr",
-    "encoder_lr",
-    "train_loss",
-)
-
-
-def _notes(encoder, train_src, test_src, test_split, num_classes, seed, knn_protocols) -> str:
-    c = encoder.config
-    knn = "; ".join(
-        f"{name}: k={k}, " + (f"votes exp(sim / {t:g})" if t else "majority vote")
-        for name, k, t in knn_protocols
+    t = time.perf_counter()
+    ssl = "ssl" in inputs.test_x
+    written = write_plots(
+        run.workdir,
+        rows=rows,
+        test_features=inputs.test_x["ssl"] if ssl else None,
+        test_labels=inputs.test_y if ssl else None,
+        class_names=getattr(inputs.test_source, "class_names", None),
+        seed=inputs.seed,
     )
-    return (
-        f"# Evaluation of {encoder.workdir}\n\n"
-        f"{c.method}, checkpoint step {encoder.step}; {c.dataset}: {len(train_src):,} training "
-        f"images, {len(test_src):,} {test_split} images, {num_classes} classes. Labelled "
-        f"subsets are class-balanced (seed {seed}) and shared by every row.\n\n"
-        f"- cosine kNN with the labelled subset as the memory bank ({knn}; k is capped at the "
-        "subset size).\n"
-        "- linear: logistic regression (L-BFGS, full batch) on standardised features; L2 "
-        "chosen by the lowest cross-entropy on a validation split of the labelled subset (the "
-        "candidates fitted strongest first, each from the one before), then refitted on all of "
-        "it with the same penalty per summed loss.\n"
-        "- random_init: the same encoder before training; raw_pixels: pixels in [0, 1].\n"
-    )
-
-
-def _finetune_notes(rows: Sequence[dict], hp: FinetuneHParams) -> str:
-    ft = [r for r in rows if r["protocol"] == "finetune"]
-    if not ft:
-        return ""
-    steps = ", ".join(
-        f"{r['steps']} steps at {_fraction_name(r['label_fraction'])}"
-        for r in {r["label_fraction"]: r for r in ft}.values()
-    )
-    return (
-        "- finetune: the whole encoder + a linear head (after a standardising BatchNorm) trained "
-        f"on the labelled subset ({steps}; batch {hp.batch_size}; AdamW, peak lr {hp.lr:g} "
-        f"head / {hp.encoder_lr:g} encoder, warmup-cosine, weight decay {hp.weight_decay:g}; "
-        f"crop scale {hp.crop_scale} + flip; train-mode BatchNorm, eval mode for scoring). "
-        "supervised: the same from random_init, with identical settings and batches.\n"
+    logs.console(
+        f"pictures ({time.perf_counter() - t:.1f} s): "
+        + ", ".join(os.path.basename(w) for w in written)
     )

@@ -8,7 +8,7 @@ matrices (a ViT's position embedding and class token) lists their names in a cla
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
 from typing import Any
 
 import jax
@@ -25,16 +25,24 @@ def _path_names(path: tuple) -> set[str]:
     return names
 
 
-def decay_mask_for(module: nnx.Module) -> Callable[[Any], Any]:
+@dataclasses.dataclass(frozen=True)
+class DecayMask:
     """``mask(params) -> tree of bools``: True where weight decay applies. A parameter decays
-    when it has ``ndim > 1`` and no name on its path is in a submodule's ``NO_WEIGHT_DECAY``."""
+    when it has ``ndim > 1`` and no name on its path is in ``exempt``. Hashable, so optimizers
+    built from equal masks can be cached and shared by compilations."""
+
+    exempt: frozenset[str] = frozenset()
+
+    def __call__(self, params: Any) -> Any:
+        return jax.tree_util.tree_map_with_path(
+            lambda path, p: p.ndim > 1 and not (_path_names(path) & self.exempt), params
+        )
+
+
+def decay_mask_for(module: nnx.Module) -> DecayMask:
+    """The weight-decay mask of ``module``: the names every submodule lists in its class
+    attribute ``NO_WEIGHT_DECAY`` are exempt, besides every parameter with ``ndim <= 1``."""
     exempt: set[str] = set()
     for _, sub in nnx.iter_graph(module):
         exempt.update(getattr(type(sub), "NO_WEIGHT_DECAY", ()))
-
-    def mask(params: Any) -> Any:
-        return jax.tree_util.tree_map_with_path(
-            lambda path, p: p.ndim > 1 and not (_path_names(path) & exempt), params
-        )
-
-    return mask
+    return DecayMask(frozenset(exempt))

@@ -51,7 +51,8 @@ import jax  # noqa: E402
 from train_step import MODELS, build_step  # noqa: E402
 
 from ssl_jax import host_memory  # noqa: E402
-from ssl_jax.profiling import _COMPUTATION, _OP_NAME, COLLECTIVE_KINDS  # noqa: E402
+from ssl_jax.methods import METHODS  # noqa: E402
+from ssl_jax.profiling import COLLECTIVE_KINDS, COMPUTATION_RE, OP_NAME_RE  # noqa: E402
 
 # name = shape opcode(...); a tuple shape "(bf16[..]{..}, u8[..]{0})" holds spaces (cuDNN
 # convolutions return their scratch buffer beside the result).
@@ -73,13 +74,13 @@ def hlo_instructions(hlo_text: str) -> dict[str, dict]:
     for line in hlo_text.splitlines():
         m = _INSTRUCTION.match(line)
         if m is None:
-            c = _COMPUTATION.match(line)
+            c = COMPUTATION_RE.match(line)
             if c:
                 current = c.group(1)
             continue
         name, shape, opcode = m.groups()
         target = _TARGET.search(line)
-        op_name = _OP_NAME.search(line)
+        op_name = OP_NAME_RE.search(line)
         calls = _CALLS.search(line)
         kind = _FUSION_KIND.search(line)
         computations[current].add(opcode if target is None else f"{opcode}:{target.group(1)}")
@@ -211,7 +212,7 @@ def print_report(by_cell, ops, unmatched_us, hlo, step_ms, top: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="convnet", choices=sorted(MODELS))
-    parser.add_argument("--method", default="simclr", choices=("simclr", "byol"))
+    parser.add_argument("--method", default="simclr", choices=METHODS.names())
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--batch", type=int, default=None, help="default: the model's smallest")
     parser.add_argument("--steps", type=int, default=3, help="traced steps")

@@ -58,7 +58,12 @@ import time
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 BANDWIDTHS = {"100GB/s": 100e9, "25GB/s": 25e9}  # bytes/s each device sends
 LATENCY_S = 10e-6  # per collective execution, a typical order for NCCL on one node
-METHODS = ("simclr", "byol")
+# The registered methods that have a Fashion-MNIST recipe (the configs this script builds on).
+METHODS = sorted(
+    name[: -len("_fashion_mnist.py")]
+    for name in os.listdir(os.path.join(ROOT, "configs"))
+    if name.endswith("_fashion_mnist.py")
+)
 
 
 def build_config(method: str, n_devices: int, per_device_batch: int, quick: bool):

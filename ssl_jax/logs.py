@@ -16,6 +16,8 @@ import sys
 import time
 from collections.abc import Mapping
 
+from ssl_jax.run import Run
+
 # --- TFRecord framing -----------------------------------------------------------------------
 
 _CRC32C_TABLE = []
@@ -117,8 +119,9 @@ class TensorBoardWriter:
 
 
 class MetricWriter:
-    """Writes one JSON object per logged step to ``workdir/metrics.jsonl`` and the same scalars
-    to TensorBoard under ``workdir/tensorboard``. Only process 0 should make one.
+    """Writes one JSON object per logged step to the run's ``metrics.jsonl`` and the same
+    scalars to TensorBoard under its ``tensorboard/`` (paths: :class:`ssl_jax.run.Run`). Only
+    process 0 should make one.
 
     ``keep_through_step``: a run (re)starting from the checkpoint of that step (0: from scratch)
     first drops the records of later steps, which the restarted run logs again, and any line a
@@ -127,13 +130,14 @@ class MetricWriter:
     """
 
     def __init__(self, workdir: str, keep_through_step: int | None = None):
-        os.makedirs(workdir, exist_ok=True)
-        self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+        run = Run(workdir)
+        os.makedirs(run.workdir, exist_ok=True)
+        self.jsonl_path = run.metrics_path
         self.dropped = 0
         if keep_through_step is not None and os.path.exists(self.jsonl_path):
             self.dropped = _truncate_records(self.jsonl_path, keep_through_step)
         self._jsonl = open(self.jsonl_path, "a")  # noqa: SIM115 - closed in close()
-        self._tb = TensorBoardWriter(os.path.join(workdir, "tensorboard"))
+        self._tb = TensorBoardWriter(run.tensorboard_dir)
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         record = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
@@ -192,10 +196,10 @@ def _jsonable(v):
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    """The records of ``workdir/metrics.jsonl``, in order (as written: a kNN-monitor record may
-    share its step with the step's loss record; ``ssl_jax.evaluation.plots.read_metrics`` merges
-    them). A resumed run's file holds each step once: see :class:`MetricWriter`."""
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    """The records of the run's ``metrics.jsonl``, in order (as written: a kNN-monitor record
+    may share its step with the step's loss record; ``ssl_jax.evaluation.plots.read_metrics``
+    merges them). A resumed run's file holds each step once: see :class:`MetricWriter`."""
+    with open(Run(workdir).metrics_path) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 

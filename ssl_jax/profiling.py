@@ -39,6 +39,8 @@ from ssl_jax.methods import METHODS, get_method
 
 __all__ = [
     "COLLECTIVE_KINDS",
+    "COMPUTATION_RE",
+    "OP_NAME_RE",
     "classify",
     "collectives",
     "data_parallel_problems",
@@ -66,7 +68,8 @@ _DTYPE_BYTES = {
     "c128": 16,
 }  # fmt: skip
 
-_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s+\(.*\)\s+->\s+.*\{\s*$")
+# An HLO computation's header line, and an instruction's op_name (public: the profiler reads them).
+COMPUTATION_RE = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s+\(.*\)\s+->\s+.*\{\s*$")
 _COLLECTIVE = re.compile(
     r"^\s*(?:ROOT\s+)?%?(?P<name>[\w.\-]+)\s*=\s*(?P<shape>.*?)\s+"
     r"(?P<kind>" + "|".join(COLLECTIVE_KINDS) + r")(?P<start>-start)?\("
@@ -78,7 +81,7 @@ _CALLEE = re.compile(
 _CALLEE_LIST = re.compile(r"\b(?:branch_computations|called_computations)=\{([^}]*)\}")
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 _BODY = re.compile(r"\bbody=%?([\w.\-]+)")
-_OP_NAME = re.compile(r'op_name="([^"]*)"')
+OP_NAME_RE = re.compile(r'op_name="([^"]*)"')
 _STACK_FRAME = re.compile(r"stack_frame_id=(\d+)")
 _REPLICA_GROUPS = re.compile(r"replica_groups=(\{\{[^=]*?\}\}|\[[\d,]+\]<=\[[\d,]+\][^,]*|\{\})")
 _MESH_GROUPS = re.compile(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}")
@@ -241,7 +244,7 @@ def collectives(hlo_text: str, num_devices: int | None = None) -> list[dict[str,
     callees: dict[str, list[tuple[str, int]]] = defaultdict(list)
     entry, current = None, None
     for line in hlo_text.splitlines():
-        header = _COMPUTATION.match(line)
+        header = COMPUTATION_RE.match(line)
         if header:
             current = header.group(1)
             if line.startswith("ENTRY"):
@@ -266,7 +269,7 @@ def collectives(hlo_text: str, num_devices: int | None = None) -> list[dict[str,
             parts = _split_top_level(shape)
             shape = parts[1] if len(parts) > 1 else shape
         arrays, sizes = _arrays(shape)
-        op_name = _OP_NAME.search(line)
+        op_name = OP_NAME_RE.search(line)
         frame = _STACK_FRAME.search(line)
         found.append(
             dict(

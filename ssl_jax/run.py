@@ -4,7 +4,7 @@
     run.config                      # config.json, read (and migrated from older field names)
     run.checkpoints_dir, run.metrics_path, run.eval_json, run.figure("label_efficiency")
     state = run.restore_state()     # the latest checkpoint into a fresh method state
-    module, step = run.restore_encoder()
+                                    # (ssl_jax.load_encoder keeps just its encoder)
 
 The work directory holds ``config.json``, ``checkpoints/<step>/``, ``metrics.jsonl``,
 ``tensorboard/``, ``eval.json`` / ``eval.md`` and the figures (``*.png``); this module names them
@@ -27,7 +27,6 @@ import jax.numpy as jnp
 
 from ssl_jax import config as config_lib
 from ssl_jax import parallel
-from ssl_jax.checkpoint import Checkpointer
 from ssl_jax.methods import get_method
 
 
@@ -84,8 +83,12 @@ class Run:
             )
         return config_lib.from_dict(saved)
 
-    def checkpointer(self, **kwargs: Any) -> Checkpointer:
+    def checkpointer(self, **kwargs: Any) -> Any:
         """An Orbax checkpointer of ``checkpoints/`` (``max_to_keep``, ``async_save``)."""
+        # Imported here: checkpoint.py needs grain, and the jitted step below must not (the
+        # benchmarks compile it where only jax, flax, optax and orbax are installed).
+        from ssl_jax.checkpoint import Checkpointer
+
         return Checkpointer(self.checkpoints_dir, **kwargs)
 
     def restore_state(self, step: int | str | None = None, *, config: Any = None) -> Any:

@@ -21,3 +21,16 @@ def test_import_ssl_jax_does_not_import_the_input_pipeline():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_the_jitted_step_and_its_tools_import_without_the_input_pipeline():
+    """The benchmarks compile ``ssl_jax.run.jit_train_step`` and read ``ssl_jax.profiling`` on a
+    machine with only jax, flax, optax and orbax: neither may import grain or TFDS."""
+    code = (
+        "import sys\n"
+        "import ssl_jax.run, ssl_jax.profiling, ssl_jax.methods.simclr, ssl_jax.methods.byol\n"
+        "heavy = ('grain', 'tensorflow_datasets', 'ssl_jax.data', 'ssl_jax.checkpoint')\n"
+        "assert not [m for m in heavy if m in sys.modules], sys.modules.keys() & set(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]

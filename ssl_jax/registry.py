@@ -55,6 +55,10 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._entries[name] = obj
 
+    def remove(self, name: str) -> None:
+        """Unregister ``name`` (a plug-in's tests, for instance, register and remove one)."""
+        del self._entries[name]
+
     def get(self, name: str) -> T:
         """The entry named ``name``; if none, a ValueError naming the valid (and closest) names."""
         if name not in self._entries:

@@ -15,7 +15,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from ssl_jax import methods, models
+from ssl_jax import augment, methods, models
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -55,7 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
     # the label fractions that evaluation at the end fine-tunes at (None: 1% and 10%)
     c.eval_finetune_fractions = config_dict.placeholder(tuple)
 
-    # Augmentation: a preset of ssl_jax.augment.get_views.
+    # Augmentation: a view preset of ssl_jax.augment.VIEW_PRESETS.
     c.augment = "grayscale"  # simclr_imagenet | simclr_cifar | byol | grayscale
 
     # Model.
@@ -249,6 +249,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "must be None or a non-empty tuple of 0.01 and/or 0.1 (the label fractions below 100% "
         "that `pretrain` evaluates)",
     )
+    augment.VIEW_PRESETS.get(c.augment)  # a ValueError naming config.augment and the presets
     methods.validate_hparams(c)
     models.validate_encoder_config(c.model)
     _require(

@@ -75,6 +75,7 @@ def test_unknown_nested_field():
         ("image_channels", 2),
         ("byol.base_tau", 1.5),
         ("eval_every", -1),
+        ("augment", "grayscal"),
     ],
 )
 def test_out_of_range_values_name_the_field(field, value):

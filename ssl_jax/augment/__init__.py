@@ -54,7 +54,9 @@ from ssl_jax.augment.ops import (
     solarize,
 )
 from ssl_jax.augment.views import (
+    VIEW_PRESETS,
     ViewConfig,
+    ViewPreset,
     apply_view,
     augment,
     byol_views,
@@ -85,6 +87,8 @@ __all__ = [
     "byol_views",
     "color_jitter",
     "gaussian_blur",
+    "VIEW_PRESETS",
+    "ViewPreset",
     "get_views",
     "grayscale_preset",
     "hsv_to_rgb",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import numbers
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +37,7 @@ from ssl_jax.augment.ops import (
     _solarize,
     blur_kernel_size,
 )
+from ssl_jax.registry import Registry
 
 # ----------------------------------------------------------------------------- view recipes
 
@@ -154,20 +156,26 @@ def grayscale_preset(size: int = 28) -> ViewConfig:
     )
 
 
-_PRESETS = {
-    "simclr_imagenet": lambda size: (simclr_imagenet(size),) * 2,
-    "simclr_cifar": lambda size: (simclr_cifar(size),) * 2,
-    "byol": byol_views,
-    "grayscale": lambda size: (grayscale_preset(size),) * 2,
-}
-_DEFAULT_SIZE = {"simclr_imagenet": 224, "simclr_cifar": 32, "byol": 224, "grayscale": 28}
+@dataclasses.dataclass(frozen=True)
+class ViewPreset:
+    """A named pair of views: ``make(size) -> (view1, view2)`` and the size it is made for."""
+
+    make: Callable[[int], tuple[ViewConfig, ViewConfig]]
+    default_size: int
+
+
+VIEW_PRESETS: Registry[ViewPreset] = Registry("view preset", field="config.augment")
+VIEW_PRESETS.add("simclr_imagenet", ViewPreset(lambda size: (simclr_imagenet(size),) * 2, 224))
+VIEW_PRESETS.add("simclr_cifar", ViewPreset(lambda size: (simclr_cifar(size),) * 2, 32))
+VIEW_PRESETS.add("byol", ViewPreset(byol_views, 224))
+VIEW_PRESETS.add("grayscale", ViewPreset(lambda size: (grayscale_preset(size),) * 2, 28))
 
 
 def get_views(name: str, size: int | None = None) -> tuple[ViewConfig, ViewConfig]:
-    """The (view1, view2) pair of a preset by name; ``size`` None takes the preset's default."""
-    if name not in _PRESETS:
-        raise ValueError(f"unknown view preset {name!r}; valid names: {sorted(_PRESETS)}")
-    return _PRESETS[name](_DEFAULT_SIZE[name] if size is None else size)
+    """The (view1, view2) pair of a preset by name; ``size`` None takes the preset's default.
+    A new preset is a function here and one ``VIEW_PRESETS.add`` line above."""
+    preset = VIEW_PRESETS.get(name)
+    return preset.make(preset.default_size if size is None else size)
 
 
 # ----------------------------------------------------------------------------- batch functions

@@ -1,8 +1,9 @@
-"""ssl_jax: self-supervised pretraining (SimCLR, BYOL) in JAX/Flax.
+"""ssl_jax: self-supervised pretraining (SimCLR, BYOL, SimSiam, Barlow Twins, VICReg) in JAX/Flax.
 
 The public API, flat:
 
     from ssl_jax import nt_xent, byol_loss          # pure losses for your jit/shard_map code
+    from ssl_jax import moco_v3_loss, supcon_loss, simsiam_loss, barlow_twins_loss, vicreg_loss
     from ssl_jax import two_views, get_views        # on-device augmentation
     from ssl_jax import get_encoder, ProjectionMLP  # Flax NNX encoders and heads
     from ssl_jax import load_encoder                # a trained run's encoder, ready to apply
@@ -22,7 +23,17 @@ from ssl_jax.augment import (
     simclr_imagenet,
     two_views,
 )
-from ssl_jax.losses import byol_loss, contrastive_accuracy, nt_xent
+from ssl_jax.losses import (
+    barlow_twins_loss,
+    byol_loss,
+    contrastive_accuracy,
+    moco_v3_loss,
+    nt_xent,
+    simsiam_loss,
+    supcon_loss,
+    vicreg_loss,
+    vicreg_terms,
+)
 from ssl_jax.models import ConvNet, Predictor, ProjectionMLP, ResNet, get_encoder
 
 if TYPE_CHECKING:
@@ -53,6 +64,7 @@ __all__ = [
     "ProjectionMLP",
     "ResNet",
     "ViewConfig",
+    "barlow_twins_loss",
     "byol_loss",
     "byol_views",
     "contrastive_accuracy",
@@ -60,8 +72,13 @@ __all__ = [
     "get_views",
     "grayscale_preset",
     "load_encoder",
+    "moco_v3_loss",
     "nt_xent",
     "simclr_cifar",
     "simclr_imagenet",
+    "simsiam_loss",
+    "supcon_loss",
     "two_views",
+    "vicreg_loss",
+    "vicreg_terms",
 ]

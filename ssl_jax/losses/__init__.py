@@ -20,12 +20,29 @@ Inputs of any floating dtype are computed in at least float32 (bfloat16 is cast 
 arithmetic), so the result is float32 for bfloat16/float16/float32 inputs and float64 for float64.
 
 Modules, by family: :mod:`~ssl_jax.losses.contrastive` (:func:`nt_xent` and
-:func:`contrastive_accuracy`, direct or streamed in column blocks) and
-:mod:`~ssl_jax.losses.distillation` (:func:`byol_loss`); the input checks and the ``axis_name``
-gathering they share are in ``ssl_jax.losses._batch``. Everything public is re-exported here.
+:func:`contrastive_accuracy`, direct or streamed in column blocks),
+:mod:`~ssl_jax.losses.momentum_contrast` (:func:`moco_v3_loss`),
+:mod:`~ssl_jax.losses.supervised_contrastive` (:func:`supcon_loss`),
+:mod:`~ssl_jax.losses.distillation` (:func:`byol_loss`, :func:`simsiam_loss`) and
+:mod:`~ssl_jax.losses.redundancy` (:func:`barlow_twins_loss`, :func:`vicreg_loss`,
+:func:`vicreg_terms`); the input checks and the ``axis_name`` gathering they share are in
+``ssl_jax.losses._batch``. Everything public is re-exported here.
 """
 
 from ssl_jax.losses.contrastive import contrastive_accuracy, nt_xent
-from ssl_jax.losses.distillation import byol_loss
+from ssl_jax.losses.distillation import byol_loss, simsiam_loss
+from ssl_jax.losses.momentum_contrast import moco_v3_loss
+from ssl_jax.losses.redundancy import barlow_twins_loss, vicreg_loss, vicreg_terms
+from ssl_jax.losses.supervised_contrastive import supcon_loss
 
-__all__ = ["byol_loss", "contrastive_accuracy", "nt_xent"]
+__all__ = [
+    "barlow_twins_loss",
+    "byol_loss",
+    "contrastive_accuracy",
+    "moco_v3_loss",
+    "nt_xent",
+    "simsiam_loss",
+    "supcon_loss",
+    "vicreg_loss",
+    "vicreg_terms",
+]

@@ -3,7 +3,7 @@
 Shared by every loss family: the static input checks, the cast to at least float32 and the L2
 normalisation of the local rows; under ``shard_map``/``pmap``, the global batch size, the
 all-gather of the rows across the axis and the mean over the global batch (``psum``, then division
-by the global count).
+by the global count); under ``jit`` on an Explicit-axis mesh, the replication of the gathered rows.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Hashable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 from jax.typing import ArrayLike
 
 # Floor on the L2 norm: a zero embedding normalises to zero (cosine 0 with everything) with a finite
@@ -76,13 +77,33 @@ def _global_size(n_local: int, axis_name: Hashable | None) -> int:
     return n_local if axis_name is None else n_local * jax.lax.axis_size(axis_name)
 
 
-def _gather_rows(x: jax.Array, axis_name: Hashable | None) -> jax.Array:
-    """``[2, n, ...]`` local rows -> ``[2, N, ...]`` global rows (identity without axis_name)."""
-    if axis_name is None:
+def _replicated(x: jax.Array) -> jax.Array:
+    """x, resharded to be whole on every device if its type is sharded over an Explicit mesh axis.
+
+    Under ``jax.jit`` on a mesh with Explicit axes (``jax.make_mesh``'s default), the sharding is
+    part of the type, and an op whose output sharding JAX cannot infer raises ShardingTypeError:
+    merging the view and batch axes of a ``[2, N@data, D]`` array into ``[2N, D]`` rows, for one.
+    Every anchor needs every candidate anyway, so the candidates are made replicated first (the
+    all-gather XLA inserts by itself on an Auto mesh). On an Auto mesh, on one device and inside
+    ``shard_map``/``pmap`` no axis is in the type, and x is returned as is (the same program).
+    """
+    sharding = jax.typeof(x).sharding
+    if all(entry is None for entry in sharding.spec):
         return x
+    return jax.sharding.reshard(x, NamedSharding(sharding.mesh, PartitionSpec()))
+
+
+def _gather_rows(x: jax.Array, axis_name: Hashable | None, axis: int = 1) -> jax.Array:
+    """``[2, n, ...]`` local rows -> ``[2, N, ...]`` global rows, whole on every device.
+
+    ``axis`` is the batch axis (1: view first; 0 for ``[n, ...]`` rows). Without axis_name, the
+    identity, except on an Explicit mesh (see :func:`_replicated`).
+    """
+    if axis_name is None:
+        return _replicated(x)
     # The transpose of a tiled all_gather is a reduce-scatter, so gradients of other devices'
     # anchors w.r.t. these rows flow back here.
-    return jax.lax.all_gather(x, axis_name, axis=1, tiled=True)
+    return jax.lax.all_gather(x, axis_name, axis=axis, tiled=True)
 
 
 def _global_mean(local_sum: jax.Array, count: int, axis_name: Hashable | None) -> jax.Array:

@@ -16,6 +16,13 @@ batch-sharded array, XLA's SPMD partitioner keeps the anchor rows sharded throug
 loop (checked on the compiled HLO: one all-gather of the embeddings, one of two scalars per
 anchor, no collective inside the loop), so the blocked path is row-blocked per device without
 ``shard_map``; with ``axis_name`` it is the same computation, written per device.
+
+Meshes. On a mesh with Explicit axes (``jax.make_mesh``'s default) the sharding is part of the
+array type, and the ``[2, N@data, D] -> [2N, D]`` reshape of the candidates has no sharding JAX
+can infer (ShardingTypeError). The candidates are therefore resharded to replicated first
+(``_batch._replicated``): the all-gather XLA inserts by itself on an Auto mesh, said explicitly;
+the anchors stay sharded. On an Auto mesh, one device and in ``shard_map``/``pmap``, the program
+is unchanged.
 """
 
 from __future__ import annotations
@@ -243,11 +250,11 @@ def nt_xent(
     and the loss is the mean of ``\ell`` over the ``2N`` anchors.
 
     Without ``axis_name`` the anchors are scored against the whole batch (under ``jax.jit`` on a
-    mesh-sharded batch, XLA keeps the anchor rows sharded and all-gathers the ``[2N, D]``
-    candidates). With ``axis_name``, inside ``jax.shard_map`` or ``jax.pmap``, each device passes
-    its local ``[n, D]`` rows; the rows are all-gathered over the axis and each device scores only
-    its own ``2n`` anchors. The returned value is the same on every device and, as are its
-    gradients, equal to the loss over the global batch.
+    mesh-sharded batch, Explicit or Auto mesh axes, the anchor rows stay sharded and the
+    ``[2N, D]`` candidates are all-gathered). With ``axis_name``, inside ``jax.shard_map`` or
+    ``jax.pmap``, each device passes its local ``[n, D]`` rows; the rows are all-gathered over
+    the axis and each device scores only its own ``2n`` anchors. The returned value is the same
+    on every device and, as are its gradients, equal to the loss over the global batch.
 
     ``block_size`` bounds the memory. ``None`` forms the ``[2n, 2N]`` logits at once (the fastest
     for batches up to a few thousand). An int streams the candidates in blocks of that many

@@ -49,29 +49,30 @@ def fashion_mnist(c: Any, arg: str | None) -> Any:
     return c
 
 
-def cifar10(c: Any, arg: str | None, *, epochs: int = 1000) -> Any:
-    """CIFAR-10 (TFDS) on a ResNet-18 with the CIFAR stem, global batch 512, LARS, 10 warm-up
-    epochs (solo-learn's recipes). No variants."""
+def cifar10(c: Any, arg: str | None, *, epochs: int = 1000, batch_size: int = 512) -> Any:
+    """CIFAR-10 (TFDS) on a ResNet-18 with the CIFAR stem, global batch 512 unless given,
+    LARS, 10 warm-up epochs (solo-learn's recipes). No variants."""
     _no_variant(arg)
     c.dataset = "tfds:cifar10"
     c.image_size, c.image_channels = 32, 3
     c.model.encoder, c.model.resnet.stem = "resnet18", "cifar"
-    _epochs(c, batch_size=512, epochs=epochs, train_images=CIFAR10_TRAIN_IMAGES)
+    _epochs(c, batch_size=batch_size, epochs=epochs, train_images=CIFAR10_TRAIN_IMAGES)
     c.optimizer, c.lr_scaling = "lars", "linear"
     c.log_every, c.checkpoint_every, c.eval_every = 100, 5000, 5000
     c.num_workers = 4
     return c
 
 
-def imagenet(c: Any, arg: str | None, *, epochs: int) -> Any:
-    """ImageNet (TFDS imagenet2012) on a ResNet-50, global batch 4096, LARS, bfloat16 compute, 10
-    warm-up epochs; the host resizes to 256 px, the device crops 224. No variants."""
+def imagenet(c: Any, arg: str | None, *, epochs: int, batch_size: int = 4096) -> Any:
+    """ImageNet (TFDS imagenet2012) on a ResNet-50, global batch 4096 unless given, LARS,
+    bfloat16 compute, 10 warm-up epochs; the host resizes to 256 px, the device crops 224. No
+    variants."""
     _no_variant(arg)
     c.dataset = "tfds:imagenet2012"
     c.image_size, c.image_channels, c.data_image_size = 224, 3, 256
     c.model.encoder, c.model.resnet.stem = "resnet50", "imagenet"
     c.model.compute_dtype = "bfloat16"
-    _epochs(c, batch_size=4096, epochs=epochs, train_images=IMAGENET_TRAIN_IMAGES)
+    _epochs(c, batch_size=batch_size, epochs=epochs, train_images=IMAGENET_TRAIN_IMAGES)
     c.optimizer, c.lr_scaling = "lars", "linear"
     c.log_every, c.checkpoint_every, c.eval_every = 100, 2500, 2500
     c.eval_split = "validation"  # ImageNet's test split has no labels

@@ -25,6 +25,9 @@ from ssl_jax.registry import Registry
 METHODS: Registry[ModuleType] = Registry("method", field="config.method")
 METHODS.add("simclr", "ssl_jax.methods.simclr")
 METHODS.add("byol", "ssl_jax.methods.byol")
+METHODS.add("simsiam", "ssl_jax.methods.simsiam")
+METHODS.add("barlow_twins", "ssl_jax.methods.barlow_twins")
+METHODS.add("vicreg", "ssl_jax.methods.vicreg")
 
 
 def get_method(name: str) -> ModuleType:

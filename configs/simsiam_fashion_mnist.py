@@ -1,0 +1,22 @@
+"""SimSiam on Fashion-MNIST, sized for a 2-core CPU (the demo's encoder, steps and views).
+
+    ssl-jax pretrain --config configs/simsiam_fashion_mnist.py --workdir runs/simsiam_fmnist
+
+The paper's CIFAR recipe scaled down: SGD with momentum 0.9, lr 0.03 x B/256, weight decay 5e-4,
+no warm-up; a 2-layer projector with BatchNorm on its output and a bottleneck predictor (a
+quarter of the projection's width). Variants ``:quick`` and ``:full`` as the SimCLR recipe.
+"""
+
+from ssl_jax.config import base_config
+from ssl_jax.recipe_blocks import fashion_mnist
+
+
+def get_config(arg: str | None = None):
+    c = fashion_mnist(base_config(), arg)
+    c.method = "simsiam"
+    c.model.projector_hidden, c.model.projector_dim = 512, 512
+    c.model.projector_last_bn = True
+    c.model.predictor_hidden = 128
+    c.optimizer, c.base_lr, c.lr_scaling, c.momentum = "sgd", 0.03, "linear", 0.9
+    c.weight_decay, c.warmup_steps = 5e-4, 0
+    return c

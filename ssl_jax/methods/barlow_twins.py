@@ -1,0 +1,88 @@
+"""Barlow Twins (Zbontar et al. 2021, "Barlow Twins: Self-Supervised Learning via Redundancy
+Reduction", arXiv:2103.03230).
+
+One network (encoder + a wide projector); the cross-correlation of the two views' projections,
+each dimension standardised over the GLOBAL batch, is pulled towards the identity
+(:func:`ssl_jax.losses.barlow_twins_loss`). As in the official code each view goes through the
+network on its own (BatchNorm statistics per view).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+from flax import nnx
+
+from ssl_jax import losses
+from ssl_jax.methods import network as network_lib
+from ssl_jax.methods.state import TrainState, embedding_std, make_views, step_key
+
+LOSS_SCOPES = ("barlow_twins_loss",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hparams:
+    """Barlow Twins' settings: ``config.barlow_twins.*``."""
+
+    lambda_: float = 0.0051  # weight of the off-diagonal (redundancy) terms
+    # the loss is multiplied by this (solo-learn's scale_loss; 1 in the paper's ImageNet recipe)
+    scale_loss: float = 1.0
+
+    def validate(self) -> None:
+        for name in ("lambda_", "scale_loss"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"config.barlow_twins.{name}={value!r} is invalid: must be > 0.")
+
+
+def init_state(config: Any, key: jax.Array) -> TrainState:
+    """A fresh Barlow Twins state from the config and a PRNG key."""
+    network = network_lib.build_network(config, nnx.Rngs(params=key))
+    network.train()
+    tx, schedule = network_lib.optimizer_for(config, network)
+    return TrainState.create(
+        network,
+        tx=tx,
+        schedule=schedule,
+        settings=network_lib.step_settings(config),
+        hparams=Hparams(**config.barlow_twins),
+    )
+
+
+def train_step(
+    state: TrainState, batch: dict, key: jax.Array
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One Barlow Twins update.
+
+    Args:
+      state: the current state.
+      batch: ``{'image': uint8 [B, H, W, C], ...}``, the global batch (sharded or not).
+      key: the run's PRNG key; the step number is folded in, so pass the same key every step.
+
+    Returns:
+      The new state and scalar metrics: loss, embed_std, learning_rate, l2_grads, l2_params,
+      l2_updates.
+    """
+    hp = state.hparams
+    x1, x2 = make_views(batch, step_key(key, state.step), state.settings)
+
+    def loss_fn(params):
+        network = state.module(params, copy=True)
+        _, z1 = network(x1)
+        _, z2 = network(x2)
+        loss = hp.scale_loss * losses.barlow_twins_loss(z1, z2, lambda_=hp.lambda_)
+        return loss, (nnx.state(network, nnx.BatchStat), z1)
+
+    (loss, (batch_stats, z1)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    new_state, metrics = state.apply_gradients(grads, batch_stats=batch_stats)
+    metrics.update(loss=loss, embed_std=embedding_std(z1), learning_rate=state.schedule(state.step))
+    return new_state, metrics
+
+
+def encoder_of(state: TrainState) -> nnx.Module:
+    """The trained encoder in eval mode."""
+    network = state.module()
+    network.eval()
+    return network.encoder

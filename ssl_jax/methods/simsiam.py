@@ -1,0 +1,104 @@
+"""SimSiam (Chen & He 2021, "Exploring Simple Siamese Representation Learning",
+arXiv:2011.10566).
+
+One network (encoder + projector) and a predictor; each view's prediction is pulled towards the
+other view's projection under a stop-gradient, symmetrised (:func:`ssl_jax.losses.simsiam_loss`).
+No negatives, no momentum encoder: the stop-gradient alone keeps it from collapsing. As in the
+official code each view goes through the network on its own (BatchNorm statistics per view).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+from flax import nnx
+
+from ssl_jax import losses, models
+from ssl_jax.methods import network as network_lib
+from ssl_jax.methods.state import TrainState, embedding_std, make_views, step_key
+
+LOSS_SCOPES = ("simsiam_loss",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hparams:
+    """SimSiam's settings: ``config.simsiam.*`` (the predictor's width is
+    ``config.model.predictor_hidden``)."""
+
+    def validate(self) -> None:
+        pass
+
+
+class SimSiamNetwork(nnx.Module):
+    """Encoder + projector (an SSLNetwork) followed by the predictor."""
+
+    def __init__(self, network: network_lib.SSLNetwork, predictor: nnx.Module):
+        self.network = network
+        self.predictor = predictor
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """x: [B, H, W, C] -> (projection z: [B, P], prediction p: [B, P])."""
+        _, z = self.network(x)
+        return z, self.predictor(z)
+
+
+def init_state(config: Any, key: jax.Array) -> TrainState:
+    """A fresh SimSiam state from the config and a PRNG key."""
+    rngs = nnx.Rngs(params=key)
+    network = network_lib.build_network(config, rngs)
+    m = config.model
+    predictor = models.Predictor(
+        m.projector_dim,
+        m.predictor_hidden,
+        m.projector_dim,
+        dtype=network_lib.compute_dtype(config),
+        rngs=rngs,
+    )
+    module = SimSiamNetwork(network, predictor)
+    module.train()
+    tx, schedule = network_lib.optimizer_for(config, module)
+    return TrainState.create(
+        module,
+        tx=tx,
+        schedule=schedule,
+        settings=network_lib.step_settings(config),
+        hparams=Hparams(**config.simsiam),
+    )
+
+
+def train_step(
+    state: TrainState, batch: dict, key: jax.Array
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One SimSiam update.
+
+    Args:
+      state: the current state.
+      batch: ``{'image': uint8 [B, H, W, C], ...}``, the global batch (sharded or not).
+      key: the run's PRNG key; the step number is folded in, so pass the same key every step.
+
+    Returns:
+      The new state and scalar metrics: loss, embed_std, learning_rate, l2_grads, l2_params,
+      l2_updates.
+    """
+    x1, x2 = make_views(batch, step_key(key, state.step), state.settings)
+
+    def loss_fn(params):
+        module = state.module(params, copy=True)
+        z1, p1 = module(x1)
+        z2, p2 = module(x2)
+        loss = losses.simsiam_loss(p1, p2, z1, z2)
+        return loss, (nnx.state(module, nnx.BatchStat), z1)
+
+    (loss, (batch_stats, z1)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    new_state, metrics = state.apply_gradients(grads, batch_stats=batch_stats)
+    metrics.update(loss=loss, embed_std=embedding_std(z1), learning_rate=state.schedule(state.step))
+    return new_state, metrics
+
+
+def encoder_of(state: TrainState) -> nnx.Module:
+    """The trained encoder in eval mode."""
+    module = state.module()
+    module.eval()
+    return module.network.encoder

@@ -1,4 +1,5 @@
-"""ssl_jax: self-supervised pretraining (SimCLR, BYOL, SimSiam, Barlow Twins, VICReg) in JAX/Flax.
+"""ssl_jax: self-supervised pretraining (SimCLR, BYOL, SimSiam, Barlow Twins, VICReg, MoCo v3)
+in JAX/Flax.
 
 The public API, flat:
 

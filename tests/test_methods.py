@@ -1,5 +1,5 @@
-"""The methods added on the plug-in core (SimSiam, Barlow Twins, VICReg): one tiny end-to-end
-run each (train, metrics, checkpoint, encoder), their settings blocks, and their recipes."""
+"""The methods added on the plug-in core (SimSiam, Barlow Twins, VICReg, MoCo v3): one tiny
+end-to-end run each (train, metrics, checkpoint, encoder), their settings blocks, their recipes."""
 
 import importlib.util
 import pathlib
@@ -13,8 +13,8 @@ from ssl_jax import logs
 from ssl_jax.train import train
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
-NEW = ["simsiam", "barlow_twins", "vicreg"]
-TERMS = {"vicreg": {"invariance", "variance", "covariance"}}
+NEW = ["simsiam", "barlow_twins", "vicreg", "moco_v3"]
+TERMS = {"vicreg": {"invariance", "variance", "covariance"}, "moco_v3": {"momentum"}}
 
 
 @pytest.mark.parametrize("method", NEW)
@@ -37,7 +37,13 @@ def test_tiny_run(tmp_path, method):
 
 @pytest.mark.parametrize(
     "field,value",
-    [("barlow_twins.lambda_", 0.0), ("barlow_twins.scale_loss", -1.0), ("vicreg.cov_coeff", -1)],
+    [
+        ("barlow_twins.lambda_", 0.0),
+        ("barlow_twins.scale_loss", -1.0),
+        ("vicreg.cov_coeff", -1.0),
+        ("moco_v3.temperature", 0.0),
+        ("moco_v3.base_momentum", 1.5),
+    ],
 )
 def test_method_settings_are_checked(field, value):
     c = config_lib.base_config()
@@ -58,3 +64,32 @@ def test_recipes_build_and_validate(method, data):
     config_lib.validate(config)
     assert config.method == method
     assert "ssl-jax pretrain --config configs/" + path.name in module.__doc__
+
+
+def test_moco_v3_momentum_network_follows_the_query_network(tmp_path):
+    """Step 0: the key network is a copy; after the steps it is the EMA (momentum 0.99 -> 1),
+    different from its start, and the loss is within the 2 tau-scaled cross-entropy's range: each
+    of the two terms is 2 tau * CE with CE in [0, log N + 2 / tau] (cosines in [-1, 1])."""
+    import math
+
+    import jax
+
+    from ssl_jax.methods import get_method
+
+    config = tiny_config("moco_v3", total_steps=3, num_devices=1)
+    start = get_method("moco_v3").init_state(config, jax.random.key(0))
+    leaves = lambda tree: jax.tree.leaves(tree)  # noqa: E731
+    for a, b in zip(leaves(start.target.params), leaves(start.params["network"]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    result = train(config, str(tmp_path))
+    state = result.state
+    moved = [
+        float(np.abs(np.asarray(a) - np.asarray(b)).max())
+        for a, b in zip(leaves(state.target.params), leaves(start.target.params), strict=True)
+    ]
+    assert max(moved) > 0
+    records = logs.read_metrics(str(tmp_path))
+    tau = config.moco_v3.temperature
+    bound = 2 * 2 * tau * (math.log(config.batch_size) + 2 / tau)
+    assert all(0 <= r["loss"] <= bound for r in records)
+    assert records[0]["momentum"] == pytest.approx(0.99, abs=1e-6)

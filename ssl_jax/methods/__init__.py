@@ -28,6 +28,7 @@ METHODS.add("byol", "ssl_jax.methods.byol")
 METHODS.add("simsiam", "ssl_jax.methods.simsiam")
 METHODS.add("barlow_twins", "ssl_jax.methods.barlow_twins")
 METHODS.add("vicreg", "ssl_jax.methods.vicreg")
+METHODS.add("moco_v3", "ssl_jax.methods.moco_v3")
 
 
 def get_method(name: str) -> ModuleType:

@@ -1,0 +1,139 @@
+"""MoCo v3 (Chen, Xie & He 2021, "An Empirical Study of Training Self-Supervised Vision
+Transformers", arXiv:2104.02057).
+
+A query network (encoder + projector + predictor) and a momentum network (encoder + projector,
+an exponential moving average of the query's, :mod:`ssl_jax.methods.ema`, with the momentum rising
+from ``base_momentum`` to 1 on a cosine). Each view's predicted query is contrasted with the
+other view's key among the keys of the whole GLOBAL batch, symmetrised
+(:func:`ssl_jax.losses.moco_v3_loss`, which scales each term by 2 tau as the paper does). The
+heads end with BatchNorm, as the paper's: the projector when ``config.model.projector_last_bn``
+(the recipes set it) and the predictor always (ProjectionMLP's last BatchNorm keeps a scale; the
+paper's has no affine parameters). No queue: the batch is the dictionary. Each view
+goes through the networks on its own, as in the official code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+from flax import nnx
+
+from ssl_jax import losses, models
+from ssl_jax.methods import network as network_lib
+from ssl_jax.methods.ema import EMATarget, cosine_tau
+from ssl_jax.methods.state import TrainState, embedding_std, make_views, step_key
+
+LOSS_SCOPES = ("moco_v3_loss",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hparams:
+    """MoCo v3's settings: ``config.moco_v3.*``."""
+
+    temperature: float = 0.2  # of the InfoNCE logits (the paper: 0.2 for ViT, 1.0 for ResNet-50)
+    base_momentum: float = 0.99  # momentum of the key network at step 0 (rises to 1)
+
+    def validate(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(
+                f"config.moco_v3.temperature={self.temperature!r} is invalid: must be > 0."
+            )
+        if not 0.0 <= self.base_momentum <= 1.0:
+            raise ValueError(
+                f"config.moco_v3.base_momentum={self.base_momentum!r} is invalid: must be in "
+                "[0, 1]."
+            )
+
+
+class QueryNetwork(nnx.Module):
+    """Encoder + projector (an SSLNetwork) followed by the BN-ended predictor."""
+
+    def __init__(self, network: network_lib.SSLNetwork, predictor: nnx.Module):
+        self.network = network
+        self.predictor = predictor
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """x: [B, H, W, C] -> (projection z: [B, P], query q: [B, P])."""
+        _, z = self.network(x)
+        return z, self.predictor(z)
+
+
+def init_state(config: Any, key: jax.Array) -> TrainState:
+    """A fresh MoCo v3 state; the momentum network starts as an exact copy of the query's
+    encoder + projector."""
+    rngs = nnx.Rngs(params=key)
+    network = network_lib.build_network(config, rngs)
+    m = config.model
+    predictor = models.ProjectionMLP(
+        m.projector_dim,
+        m.predictor_hidden,
+        m.projector_dim,
+        num_layers=2,
+        last_bn=True,
+        dtype=network_lib.compute_dtype(config),
+        rngs=rngs,
+    )
+    query = QueryNetwork(network, predictor)
+    query.train()
+    tx, schedule = network_lib.optimizer_for(config, query)
+    return TrainState.create(
+        query,
+        tx=tx,
+        schedule=schedule,
+        settings=network_lib.step_settings(config),
+        hparams=Hparams(**config.moco_v3),
+        target=EMATarget.of(network),
+    )
+
+
+def train_step(
+    state: TrainState, batch: dict, key: jax.Array
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One MoCo v3 update: the query network's gradient step, then the momentum update.
+
+    Args:
+      state: the current state.
+      batch: ``{'image': uint8 [B, H, W, C], ...}``, the global batch (sharded or not).
+      key: the run's PRNG key; the step number is folded in, so pass the same key every step.
+
+    Returns:
+      The new state and scalar metrics: loss, momentum, embed_std, learning_rate, l2_grads,
+      l2_params, l2_updates.
+    """
+    hp = state.hparams
+    x1, x2 = make_views(batch, step_key(key, state.step), state.settings)
+
+    # The keys need no gradient: the momentum network runs first, outside the differentiation.
+    target = state.target.module()
+    with jax.named_scope("target_forward"):
+        _, k1 = target(x1)
+        _, k2 = target(x2)
+    target_batch_stats = nnx.state(target, nnx.BatchStat)
+
+    def loss_fn(params):
+        query = state.module(params, copy=True)
+        z1, q1 = query(x1)
+        _, q2 = query(x2)
+        loss = losses.moco_v3_loss(q1, q2, k1, k2, temperature=hp.temperature)
+        return loss, (nnx.state(query, nnx.BatchStat), z1)
+
+    (loss, (batch_stats, z1)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    new_state, metrics = state.apply_gradients(grads, batch_stats=batch_stats)
+    momentum = cosine_tau(state.step, hp.base_momentum, state.settings.total_steps)
+    target = state.target.update(new_state.params["network"], momentum, target_batch_stats)
+    metrics.update(
+        loss=loss,
+        momentum=momentum,
+        embed_std=embedding_std(z1),
+        learning_rate=state.schedule(state.step),
+    )
+    return new_state.replace(target=target), metrics
+
+
+def encoder_of(state: TrainState) -> nnx.Module:
+    """The trained query encoder in eval mode (what MoCo v3 evaluates)."""
+    query = state.module()
+    query.eval()
+    return query.network.encoder

@@ -39,16 +39,7 @@ class Hparams:
 
 def init_state(config: Any, key: jax.Array) -> TrainState:
     """A fresh Barlow Twins state from the config and a PRNG key."""
-    network = network_lib.build_network(config, nnx.Rngs(params=key))
-    network.train()
-    tx, schedule = network_lib.optimizer_for(config, network)
-    return TrainState.create(
-        network,
-        tx=tx,
-        schedule=schedule,
-        settings=network_lib.step_settings(config),
-        hparams=Hparams(**config.barlow_twins),
-    )
+    return network_lib.init_network_state(config, key, Hparams(**config.barlow_twins))
 
 
 def train_step(

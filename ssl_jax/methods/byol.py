@@ -37,19 +37,6 @@ class Hparams:
             )
 
 
-class BYOLOnline(nnx.Module):
-    """Online network: encoder + projector (an SSLNetwork) followed by the predictor."""
-
-    def __init__(self, network: network_lib.SSLNetwork, predictor: nnx.Module):
-        self.network = network
-        self.predictor = predictor
-
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """x: [B, H, W, C] -> (projection z: [B, P], prediction q: [B, P])."""
-        _, z = self.network(x)
-        return z, self.predictor(z)
-
-
 def target_decay(step: jax.Array, base_tau: float, total_steps: int) -> jax.Array:
     """BYOL's tau at ``step`` (:func:`ssl_jax.methods.ema.cosine_tau`)."""
     return cosine_tau(step, base_tau, total_steps)
@@ -67,7 +54,7 @@ def init_state(config: Any, key: jax.Array) -> TrainState:
         dtype=network_lib.compute_dtype(config),
         rngs=rngs,
     )
-    online = BYOLOnline(network, predictor)
+    online = network_lib.PredictorNetwork(network, predictor)
     online.train()
     tx, schedule = network_lib.optimizer_for(config, online)
     return TrainState.create(

@@ -47,19 +47,6 @@ class Hparams:
             )
 
 
-class QueryNetwork(nnx.Module):
-    """Encoder + projector (an SSLNetwork) followed by the BN-ended predictor."""
-
-    def __init__(self, network: network_lib.SSLNetwork, predictor: nnx.Module):
-        self.network = network
-        self.predictor = predictor
-
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """x: [B, H, W, C] -> (projection z: [B, P], query q: [B, P])."""
-        _, z = self.network(x)
-        return z, self.predictor(z)
-
-
 def init_state(config: Any, key: jax.Array) -> TrainState:
     """A fresh MoCo v3 state; the momentum network starts as an exact copy of the query's
     encoder + projector."""
@@ -75,7 +62,7 @@ def init_state(config: Any, key: jax.Array) -> TrainState:
         dtype=network_lib.compute_dtype(config),
         rngs=rngs,
     )
-    query = QueryNetwork(network, predictor)
+    query = network_lib.PredictorNetwork(network, predictor)
     query.train()
     tx, schedule = network_lib.optimizer_for(config, query)
     return TrainState.create(

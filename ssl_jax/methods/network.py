@@ -15,7 +15,7 @@ import optax
 from flax import nnx
 
 from ssl_jax import augment, models
-from ssl_jax.methods.state import StepSettings
+from ssl_jax.methods.state import StepSettings, TrainState
 from ssl_jax.optim import make_optimizer
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -43,6 +43,20 @@ class SSLNetwork(nnx.Module):
         h = self.encoder(x)
         p = h if self.head_cells == 1 else h.reshape(h.shape[0], self.head_cells, -1).mean(1)
         return h, self.projector(p)
+
+
+class PredictorNetwork(nnx.Module):
+    """An SSLNetwork (encoder + projector) followed by a predictor: the online network of BYOL,
+    SimSiam's network and MoCo v3's query network. ``__call__(x)`` with x: [B, H, W, C]
+    returns ``(z, p)``: the projection [B, P] and the prediction [B, P]."""
+
+    def __init__(self, network: SSLNetwork, predictor: nnx.Module):
+        self.network = network
+        self.predictor = predictor
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        _, z = self.network(x)
+        return z, self.predictor(z)
 
 
 def compute_dtype(config: Any) -> Any:
@@ -101,4 +115,15 @@ def optimizer_for(config: Any, module: nnx.Module) -> tuple[optax.GradientTransf
         total_steps=int(config.total_steps),
         global_batch_size=int(config.batch_size),
         decay_mask=models.decay_mask_for(module),
+    )
+
+
+def init_network_state(config: Any, key: jax.Array, hparams: Any) -> TrainState:
+    """A step-0 TrainState training an SSLNetwork (encoder + projector, in train mode) with the
+    run's optimizer and step settings: the whole state of SimCLR, Barlow Twins and VICReg."""
+    network = build_network(config, nnx.Rngs(params=key))
+    network.train()
+    tx, schedule = optimizer_for(config, network)
+    return TrainState.create(
+        network, tx=tx, schedule=schedule, settings=step_settings(config), hparams=hparams
     )

@@ -47,16 +47,7 @@ class Hparams:
 
 def init_state(config: Any, key: jax.Array) -> TrainState:
     """A fresh SimCLR state from the config and a PRNG key."""
-    network = network_lib.build_network(config, nnx.Rngs(params=key))
-    network.train()
-    tx, schedule = network_lib.optimizer_for(config, network)
-    return TrainState.create(
-        network,
-        tx=tx,
-        schedule=schedule,
-        settings=network_lib.step_settings(config),
-        hparams=Hparams(**config.simclr),
-    )
+    return network_lib.init_network_state(config, key, Hparams(**config.simclr))
 
 
 def train_step(

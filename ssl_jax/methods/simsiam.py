@@ -31,19 +31,6 @@ class Hparams:
         pass
 
 
-class SimSiamNetwork(nnx.Module):
-    """Encoder + projector (an SSLNetwork) followed by the predictor."""
-
-    def __init__(self, network: network_lib.SSLNetwork, predictor: nnx.Module):
-        self.network = network
-        self.predictor = predictor
-
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """x: [B, H, W, C] -> (projection z: [B, P], prediction p: [B, P])."""
-        _, z = self.network(x)
-        return z, self.predictor(z)
-
-
 def init_state(config: Any, key: jax.Array) -> TrainState:
     """A fresh SimSiam state from the config and a PRNG key."""
     rngs = nnx.Rngs(params=key)
@@ -56,7 +43,7 @@ def init_state(config: Any, key: jax.Array) -> TrainState:
         dtype=network_lib.compute_dtype(config),
         rngs=rngs,
     )
-    module = SimSiamNetwork(network, predictor)
+    module = network_lib.PredictorNetwork(network, predictor)
     module.train()
     tx, schedule = network_lib.optimizer_for(config, module)
     return TrainState.create(

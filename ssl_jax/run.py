@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from ssl_jax import config as config_lib
 from ssl_jax import parallel
-from ssl_jax.methods import get_method
+from ssl_jax.methods import batch_keys, get_method
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,11 +162,15 @@ def abstract_step_inputs(
     """(state, batch, key) as ShapeDtypeStructs with the train loop's shardings, for
     ``jit_train_step(...).lower``: the step compiles at any batch size without allocating. The
     batch is ``uint8 [config.batch_size, S, S, config.image_channels]`` with ``S = source_size``
-    (the dataset's image side; default ``config.image_size``)."""
+    (the dataset's image side; default ``config.image_size``), plus ``label: int32
+    [config.batch_size]`` for a method that reads labels."""
     repl = parallel.replicated(mesh)
     state = abstract_state(config, repl)
     side = source_size or config.image_size
     image = (config.batch_size, side, side, config.image_channels)
-    batch = {"image": jax.ShapeDtypeStruct(image, jnp.uint8, sharding=parallel.data_sharding(mesh))}
+    data = parallel.data_sharding(mesh)
+    batch = {"image": jax.ShapeDtypeStruct(image, jnp.uint8, sharding=data)}
+    if "label" in batch_keys(get_method(config.method)):
+        batch["label"] = jax.ShapeDtypeStruct(image[:1], jnp.int32, sharding=data)
     key = jax.eval_shape(lambda: jax.random.key(0))
     return state, batch, jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=repl)

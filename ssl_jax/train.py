@@ -25,7 +25,7 @@ from ssl_jax import config as config_lib
 from ssl_jax import data, logs, parallel
 from ssl_jax import hooks as hooks_lib
 from ssl_jax.hooks import NonFiniteLossError, TrainingInterrupted
-from ssl_jax.methods import get_method
+from ssl_jax.methods import batch_keys, get_method
 from ssl_jax.run import Run, abstract_state, jit_train_step
 
 __all__ = ["NonFiniteLossError", "TrainResult", "TrainingInterrupted", "train"]
@@ -75,7 +75,27 @@ def _open_source(config: Any) -> Any:
             f"The dataset has {len(source)} images, fewer than one global batch "
             f"(config.batch_size={config.batch_size}): lower the batch size."
         )
+    _check_labels(source, config)
     return source
+
+
+def _check_labels(source: Any, config: Any) -> None:
+    """A method that trains on labels (``'label'`` in its BATCH_KEYS) needs every image labelled."""
+    if "label" not in batch_keys(get_method(config.method)):
+        return
+    fix = "use a labelled dataset, or a self-supervised method (e.g. --config.method=simclr)"
+    if not source.num_classes:
+        raise ValueError(
+            f"config.method={config.method!r} trains on labels, but the dataset "
+            f"{config.dataset!r} has none: {fix}."
+        )
+    labels = getattr(source, "labels", None)  # sources that hold their labels (image folders)
+    if labels is not None and (missing := int((labels < 0).sum())):
+        raise ValueError(
+            f"config.method={config.method!r} trains on labels, but {missing:,} of the "
+            f"{len(labels):,} images of {config.dataset!r} have none (not in a class subfolder): "
+            f"move them into one, or {fix}."
+        )
 
 
 def _restore(ckpt: Any, step: int, abstract: Any, run: Run, changes: list[str]) -> tuple:
@@ -174,6 +194,7 @@ def train(config: Any, workdir: str, *, extra_hooks: Sequence[hooks_lib.Hook] = 
         _header(loop, latest, changes, loop.writer.dropped)
     hooks = [*extra_hooks, *hooks_lib.default_hooks(loop)]
     step_fn = jit_train_step(get_method(config.method), loop.mesh)
+    keys = batch_keys(get_method(config.method))
     # Global arrays are made under jit (device_put cannot place onto other processes' devices).
     key = jax.jit(
         lambda: jax.random.key(config.seed), out_shardings=parallel.replicated(loop.mesh)
@@ -187,8 +208,8 @@ def train(config: Any, workdir: str, *, extra_hooks: Sequence[hooks_lib.Hook] = 
             for hook in hooks:
                 hook.before_step(loop, step)
             batch = next(loop.iterator)
-            images = parallel.shard_batch({"image": batch["image"]}, loop.mesh)
-            loop.state, loop.metrics = step_fn(loop.state, images, key)
+            inputs = parallel.shard_batch({k: batch[k] for k in keys}, loop.mesh)
+            loop.state, loop.metrics = step_fn(loop.state, inputs, key)
             loop.step = step
             if step == loop.start_step + 1 and loop.is_main:
                 jax.block_until_ready(loop.metrics["loss"])

@@ -1,5 +1,6 @@
-"""The methods added on the plug-in core (SimSiam, Barlow Twins, VICReg, MoCo v3): one tiny
-end-to-end run each (train, metrics, checkpoint, encoder), their settings blocks, their recipes."""
+"""The methods added on the plug-in core (SimSiam, Barlow Twins, VICReg, MoCo v3, SupCon): one
+tiny end-to-end run each (train, metrics, checkpoint, encoder), their settings blocks, their
+recipes; SupCon's labels."""
 
 import importlib.util
 import pathlib
@@ -13,8 +14,12 @@ from ssl_jax import logs
 from ssl_jax.train import train
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
-NEW = ["simsiam", "barlow_twins", "vicreg", "moco_v3"]
-TERMS = {"vicreg": {"invariance", "variance", "covariance"}, "moco_v3": {"momentum"}}
+NEW = ["simsiam", "barlow_twins", "vicreg", "moco_v3", "supcon"]
+TERMS = {
+    "vicreg": {"invariance", "variance", "covariance"},
+    "moco_v3": {"momentum"},
+    "supcon": {"positives"},
+}
 
 
 @pytest.mark.parametrize("method", NEW)
@@ -43,6 +48,7 @@ def test_tiny_run(tmp_path, method):
         ("vicreg.cov_coeff", -1.0),
         ("moco_v3.temperature", 0.0),
         ("moco_v3.base_momentum", 1.5),
+        ("supcon.temperature", -0.1),
     ],
 )
 def test_method_settings_are_checked(field, value):
@@ -93,3 +99,57 @@ def test_moco_v3_momentum_network_follows_the_query_network(tmp_path):
     bound = 2 * 2 * tau * (math.log(config.batch_size) + 2 / tau)
     assert all(0 <= r["loss"] <= bound for r in records)
     assert records[0]["momentum"] == pytest.approx(0.99, abs=1e-6)
+
+
+def test_supcon_reads_the_labels_of_the_batch():
+    """With one label per image, SupCon's step is SimCLR's at the same temperature (same init,
+    views and loss value); with 4 classes of 4 images, each anchor has 2 x 4 - 1 = 7 positives."""
+    import jax
+
+    from ssl_jax.methods import get_method
+
+    images = np.random.default_rng(0).integers(0, 255, (16, 16, 16, 1), np.uint8)
+    key = jax.random.key(1)
+    runs = {}
+    for method, labels in [
+        ("simclr", None),
+        ("supcon", np.arange(16)),
+        ("supcon", np.arange(16) // 4),
+    ]:
+        config = tiny_config(method, **{"simclr.temperature": 0.1, "supcon.temperature": 0.1})
+        module = get_method(method)
+        state = module.init_state(config, jax.random.key(0))
+        batch = {"image": images} if labels is None else {"image": images, "label": labels}
+        runs[method, None if labels is None else int(labels.max())] = module.train_step(
+            state, batch, key
+        )[1]
+    simclr, per_image, per_class = runs["simclr", None], runs["supcon", 15], runs["supcon", 3]
+    assert float(per_image["loss"]) == pytest.approx(float(simclr["loss"]), rel=1e-5)
+    assert float(per_image["positives"]) == 1.0 and float(per_class["positives"]) == 7.0
+    assert float(per_class["loss"]) != pytest.approx(float(simclr["loss"]), rel=1e-3)
+
+
+def _image_folder(root, classes):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        sub = root / classes[i % len(classes)] if classes[i % len(classes)] else root
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (16, 16), np.uint8), "L").save(sub / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    "classes,message",
+    [
+        ([None], "has none: use a labelled dataset, or a self-supervised method"),
+        (["a", "b", None, None], "8 of the 16 images of 'folder:.*' have none"),
+    ],
+)
+def test_supcon_without_labels_is_one_line_naming_the_fix(tmp_path, classes, message):
+    folder = _image_folder(tmp_path / "images", classes)
+    config = tiny_config("supcon", dataset=f"folder:{folder}", data_image_size=16)
+    with pytest.raises(ValueError, match=message):
+        train(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists()

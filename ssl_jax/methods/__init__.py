@@ -8,6 +8,8 @@ A method module provides (see simclr.py, the shortest):
     init_state(config, key)      -> TrainState (methods/state.py), at step 0
     train_step(state, batch, key) -> (state, metrics): pure, jitted once, state donated
     encoder_of(state)            -> the trained encoder (an nnx.Module in eval mode)
+    BATCH_KEYS (optional)        the batch entries the step reads (default ``("image",)``;
+                                 ``("image", "label")`` makes the run need a labelled dataset)
 
 Adding a method: its file here, one line below, its loss in ``ssl_jax/losses/`` and a recipe in
 ``configs/``. Everything else (config schema and validation, training, checkpoints, evaluation,
@@ -29,11 +31,18 @@ METHODS.add("simsiam", "ssl_jax.methods.simsiam")
 METHODS.add("barlow_twins", "ssl_jax.methods.barlow_twins")
 METHODS.add("vicreg", "ssl_jax.methods.vicreg")
 METHODS.add("moco_v3", "ssl_jax.methods.moco_v3")
+METHODS.add("supcon", "ssl_jax.methods.supcon")
 
 
 def get_method(name: str) -> ModuleType:
     """The method module named by ``config.method``."""
     return METHODS.get(name)
+
+
+def batch_keys(method: ModuleType) -> tuple[str, ...]:
+    """The entries of the batch that ``method``'s train step reads (its ``BATCH_KEYS``): the train
+    loop ships only these to the devices."""
+    return tuple(getattr(method, "BATCH_KEYS", ("image",)))
 
 
 def hparams_fields(name: str) -> dict[str, Any]:

@@ -4,8 +4,8 @@
 
 The paper's recipe (sec. 4, appendix A): SGD momentum 0.9, lr 0.05 x B/256, weight decay 1e-4,
 cosine schedule, no warm-up; a 3-layer 2048-wide projector with BatchNorm on its output, the
-predictor 2048 -> 512 -> 2048. The paper keeps the predictor's lr fixed; here it follows the
-schedule like the rest (not implemented yet). bfloat16 compute. Needs imagenet2012 for TFDS.
+predictor 2048 -> 512 -> 2048, its lr fixed at the peak (the official code's ``--fix-pred-lr``,
+``config.simsiam.fix_predictor_lr``). bfloat16 compute. Needs imagenet2012 for TFDS.
 """
 
 from ssl_jax.config import base_config
@@ -19,6 +19,7 @@ def get_config(arg: str | None = None):
     c.model.projector_hidden, c.model.projector_dim, c.model.projector_layers = 2048, 2048, 3
     c.model.projector_last_bn = True
     c.model.predictor_hidden = 512
+    c.simsiam.fix_predictor_lr = True
     c.optimizer, c.base_lr, c.momentum = "sgd", 0.05, 0.9
     c.weight_decay, c.warmup_steps = 1e-4, 0
     return c

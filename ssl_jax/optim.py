@@ -9,6 +9,7 @@ SimCLR at small batch, ``base_lr * sqrt(B)``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -58,17 +59,52 @@ def decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+@dataclasses.dataclass(frozen=True)
+class LrGroup:
+    """Parameters that train at their own learning rate, within one optimizer.
+
+    ``select(params)`` is a tree of bools, True for the group's parameters (None: those the decay
+    mask exempts from weight decay: biases, norms, ...). They get the run's
+    schedule times ``scale``, or with ``constant=True`` the PEAK learning rate times ``scale`` at
+    every step (no warm-up, no decay). Examples: SimSiam's fixed predictor lr (Chen & He 2021,
+    sec. 4.2, Table 1; ``LrGroup(TopLevel("predictor"), constant=True)``); Barlow Twins' biases
+    and BatchNorm parameters at 0.0048 / 0.2 of the weights' lr (Zbontar et al. 2021, sec. 4;
+    ``LrGroup(None, scale=0.024)``).
+    Weight decay and LARS adaptation inside the group follow the run's decay mask as elsewhere.
+    """
+
+    select: Callable[[Any], Any] | None
+    scale: float = 1.0
+    constant: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TopLevel:
+    """``select(params)``: True for the parameters under the top-level entry ``name`` (e.g. the
+    ``predictor`` of a network). Hashable."""
+
+    name: str
+
+    def __call__(self, params: Any) -> Any:
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: getattr(path[0], "key", None) == self.name, params
+        )
+
+
 def make_optimizer(
     config: Any,
     *,
     total_steps: int,
     global_batch_size: int,
     decay_mask: Callable[[Any], Any] = decay_mask,
+    group: LrGroup | None = None,
 ) -> tuple[optax.GradientTransformation, Callable[[Any], Any]]:
     """Build ``(optimizer, schedule)`` from the config fields.
 
     ``decay_mask(params)`` says which parameters get weight decay and LARS adaptation (the
-    encoder's policy, :func:`ssl_jax.models.decay_mask_for`; default: ``ndim > 1``).
+    encoder's policy, :func:`ssl_jax.models.decay_mask_for`; default: ``ndim > 1``). ``group``:
+    parameters with their own learning rate (:class:`LrGroup`); the returned schedule is the
+    other parameters'.
 
     Fields read: ``optimizer`` (lars | sgd | adamw), ``base_lr``, ``lr_scaling``
     (linear | sqrt | none), ``warmup_steps``, ``weight_decay``, ``momentum`` (lars, sgd),
@@ -84,10 +120,30 @@ def make_optimizer(
         raise ValueError(f"config.warmup_steps must be >= 0, got {config.warmup_steps}.")
     peak = scaled_learning_rate(config.base_lr, global_batch_size, config.lr_scaling)
     schedule = warmup_cosine(peak, total_steps, config.warmup_steps)
+    tx = _transformation(config, schedule, decay_mask)
+    if group is None:
+        return tx, schedule
+    if group.constant:
+        group_lr: Any = peak * group.scale
+    else:
+        group_lr = lambda step: group.scale * schedule(step)  # noqa: E731
 
+    def labels(params: Any) -> Any:
+        if group.select is None:
+            return jax.tree.map(lambda d: "rest" if d else "group", decay_mask(params))
+        return jax.tree.map(lambda g: "group" if g else "rest", group.select(params))
+
+    transforms = {"rest": tx, "group": _transformation(config, group_lr, decay_mask)}
+    return optax.multi_transform(transforms, labels), schedule
+
+
+def _transformation(
+    config: Any, lr: Any, decay_mask: Callable[[Any], Any]
+) -> optax.GradientTransformation:
+    """The configured optimizer at learning rate ``lr`` (a schedule or a float)."""
     if config.optimizer == "lars":
         tx = optax.lars(
-            schedule,
+            lr,
             weight_decay=config.weight_decay,
             weight_decay_mask=decay_mask,
             trust_coefficient=config.lars_trust_coefficient,
@@ -97,14 +153,14 @@ def make_optimizer(
     elif config.optimizer == "sgd":
         tx = optax.chain(
             optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
-            optax.sgd(schedule, momentum=config.momentum),
+            optax.sgd(lr, momentum=config.momentum),
         )
     else:
         tx = optax.adamw(
-            schedule,
+            lr,
             b1=config.adam_b1,
             b2=config.adam_b2,
             weight_decay=config.weight_decay,
             mask=decay_mask,
         )
-    return tx, schedule
+    return tx

@@ -153,3 +153,43 @@ def test_supcon_without_labels_is_one_line_naming_the_fix(tmp_path, classes, mes
     with pytest.raises(ValueError, match=message):
         train(config, str(tmp_path / "run"))
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def _one_step_change(method, **overrides):
+    """|params after one step - before| per leaf path, from the same init, batch and key."""
+    import jax
+
+    from ssl_jax.methods import get_method
+
+    config = tiny_config(method, **overrides)
+    module = get_method(method)
+    state = module.init_state(config, jax.random.key(0))
+    before = jax.tree_util.tree_flatten_with_path(state.params)[0]
+    images = np.random.default_rng(0).integers(0, 255, (16, 16, 16, 1), np.uint8)
+    new, _ = module.train_step(state, {"image": images}, jax.random.key(1))
+    after = jax.tree.leaves(new.params)
+    return {
+        jax.tree_util.keystr(path): np.abs(np.asarray(b) - np.asarray(a))
+        for (path, a), b in zip(before, after, strict=True)
+    }
+
+
+def test_simsiam_fixed_predictor_lr_trains_the_predictor_during_warm_up():
+    """Step 0 of the warm-up has lr 0: only a predictor at the fixed (peak) lr moves."""
+    moved = _one_step_change("simsiam", **{"simsiam.fix_predictor_lr": True})
+    assert all(d.max() == 0 for p, d in moved.items() if "predictor" not in p)
+    assert max(d.max() for p, d in moved.items() if "predictor" in p) > 0
+    still = _one_step_change("simsiam")
+    assert all(d.max() == 0 for d in still.values())
+
+
+def test_barlow_twins_bias_lr_scale_scales_only_biases_and_norms():
+    base = _one_step_change("barlow_twins", warmup_steps=0)
+    half = _one_step_change("barlow_twins", warmup_steps=0, **{"barlow_twins.bias_lr_scale": 0.5})
+    vectors = [p for p, d in base.items() if d.ndim == 1 and d.max() > 0]
+    kernels = [p for p, d in base.items() if d.ndim > 1]
+    assert vectors and kernels
+    for p in vectors:
+        np.testing.assert_allclose(half[p], 0.5 * base[p], rtol=1e-4, atol=1e-7)
+    for p in kernels:
+        np.testing.assert_allclose(half[p], base[p], rtol=1e-5, atol=1e-8)

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from ssl_jax.config import base_config
-from ssl_jax.optim import decay_mask, make_optimizer, scaled_learning_rate, warmup_cosine
+from ssl_jax.optim import (
+    LrGroup,
+    TopLevel,
+    decay_mask,
+    make_optimizer,
+    scaled_learning_rate,
+    warmup_cosine,
+)
 
 
 def test_lr_scaling_rules():
@@ -93,3 +100,40 @@ def test_other_optimizers_skip_decay_on_vectors(name):
 def test_bad_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         make_optimizer(_config(**{field: value}), total_steps=10, global_batch_size=256)
+
+
+def _sgd_steps(group, steps=4):
+    """Plain SGD (no momentum, no decay), warm-up 2 of 8 steps, unit gradients: each step's
+    update of each parameter is minus its learning rate."""
+    c = _config(optimizer="sgd", base_lr=0.4, lr_scaling="none", warmup_steps=2, weight_decay=0.0)
+    c.momentum = 0.0
+    tx, sched = make_optimizer(c, total_steps=8, global_batch_size=256, group=group)
+    params = {
+        "net": {"w": jnp.ones((2, 2)), "b": jnp.ones(2)},
+        "predictor": {"w": jnp.ones((2, 2))},
+    }
+    ones = jax.tree.map(jnp.ones_like, params)
+    state, lrs = tx.init(params), []
+    for _ in range(steps):
+        updates, state = tx.update(ones, state, params)
+        lrs.append(jax.tree.map(lambda u: -float(u.reshape(-1)[0]), updates))
+    return lrs, [float(sched(k)) for k in range(steps)]
+
+
+def test_lr_group_constant_holds_the_peak_for_its_parameters():
+    """SimSiam's fixed predictor lr: the predictor trains at the peak 0.4 from step 0, the rest
+    follows the warm-up + cosine schedule."""
+    lrs, sched = _sgd_steps(LrGroup(TopLevel("predictor"), constant=True))
+    assert sched[0] == 0.0 and sched[2] == pytest.approx(0.4)
+    for lr, s in zip(lrs, sched, strict=True):
+        assert lr["predictor"]["w"] == pytest.approx(0.4)
+        assert lr["net"]["w"] == pytest.approx(s) and lr["net"]["b"] == pytest.approx(s)
+
+
+def test_lr_group_without_select_scales_what_decay_skips():
+    """Barlow Twins' bias / BatchNorm lr: the vectors (exempt from decay) at scale x the schedule,
+    the kernels at the schedule."""
+    lrs, sched = _sgd_steps(LrGroup(None, scale=0.024))
+    for lr, s in zip(lrs[1:], sched[1:], strict=True):
+        assert lr["net"]["b"] == pytest.approx(0.024 * s, rel=1e-5)
+        assert lr["net"]["w"] == pytest.approx(s) and lr["predictor"]["w"] == pytest.approx(s)

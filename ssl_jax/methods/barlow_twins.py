@@ -18,6 +18,7 @@ from flax import nnx
 from ssl_jax import losses
 from ssl_jax.methods import network as network_lib
 from ssl_jax.methods.state import TrainState, embedding_std, make_views, step_key
+from ssl_jax.optim import LrGroup
 
 LOSS_SCOPES = ("barlow_twins_loss",)
 
@@ -29,9 +30,11 @@ class Hparams:
     lambda_: float = 0.0051  # weight of the off-diagonal (redundancy) terms
     # the loss is multiplied by this (solo-learn's scale_loss; 1 in the paper's ImageNet recipe)
     scale_loss: float = 1.0
+    # the lr of biases and BatchNorm parameters relative to the weights' (the paper: 0.0048 / 0.2)
+    bias_lr_scale: float = 1.0
 
     def validate(self) -> None:
-        for name in ("lambda_", "scale_loss"):
+        for name in ("lambda_", "scale_loss", "bias_lr_scale"):
             value = getattr(self, name)
             if not value > 0:
                 raise ValueError(f"config.barlow_twins.{name}={value!r} is invalid: must be > 0.")
@@ -39,7 +42,9 @@ class Hparams:
 
 def init_state(config: Any, key: jax.Array) -> TrainState:
     """A fresh Barlow Twins state from the config and a PRNG key."""
-    return network_lib.init_network_state(config, key, Hparams(**config.barlow_twins))
+    hp = Hparams(**config.barlow_twins)
+    group = None if hp.bias_lr_scale == 1.0 else LrGroup(None, scale=hp.bias_lr_scale)
+    return network_lib.init_network_state(config, key, hp, group)
 
 
 def train_step(

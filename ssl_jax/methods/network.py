@@ -16,7 +16,7 @@ from flax import nnx
 
 from ssl_jax import augment, models
 from ssl_jax.methods.state import StepSettings, TrainState
-from ssl_jax.optim import make_optimizer
+from ssl_jax.optim import LrGroup, make_optimizer
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -107,23 +107,30 @@ def step_settings(config: Any) -> StepSettings:
     )
 
 
-def optimizer_for(config: Any, module: nnx.Module) -> tuple[optax.GradientTransformation, Any]:
+def optimizer_for(
+    config: Any, module: nnx.Module, group: LrGroup | None = None
+) -> tuple[optax.GradientTransformation, Any]:
     """``(optimizer, schedule)`` for the run's global batch and length; weight decay and LARS
-    adaptation skip what ``module``'s encoder exempts (:func:`ssl_jax.models.decay_mask`)."""
+    adaptation skip what ``module``'s encoder exempts (:func:`ssl_jax.models.decay_mask`);
+    ``group``: parameters at their own learning rate (:class:`ssl_jax.optim.LrGroup`)."""
     return make_optimizer(
         config,
         total_steps=int(config.total_steps),
         global_batch_size=int(config.batch_size),
         decay_mask=models.decay_mask_for(module),
+        group=group,
     )
 
 
-def init_network_state(config: Any, key: jax.Array, hparams: Any) -> TrainState:
+def init_network_state(
+    config: Any, key: jax.Array, hparams: Any, group: LrGroup | None = None
+) -> TrainState:
     """A step-0 TrainState training an SSLNetwork (encoder + projector, in train mode) with the
-    run's optimizer and step settings: the whole state of SimCLR, Barlow Twins and VICReg."""
+    run's optimizer (``group``: parameters at their own lr) and step settings: the whole state
+    of SimCLR, Barlow Twins, VICReg and SupCon."""
     network = build_network(config, nnx.Rngs(params=key))
     network.train()
-    tx, schedule = optimizer_for(config, network)
+    tx, schedule = optimizer_for(config, network, group)
     return TrainState.create(
         network, tx=tx, schedule=schedule, settings=step_settings(config), hparams=hparams
     )

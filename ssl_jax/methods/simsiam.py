@@ -18,6 +18,7 @@ from flax import nnx
 from ssl_jax import losses, models
 from ssl_jax.methods import network as network_lib
 from ssl_jax.methods.state import TrainState, embedding_std, make_views, step_key
+from ssl_jax.optim import LrGroup, TopLevel
 
 LOSS_SCOPES = ("simsiam_loss",)
 
@@ -27,8 +28,15 @@ class Hparams:
     """SimSiam's settings: ``config.simsiam.*`` (the predictor's width is
     ``config.model.predictor_hidden``)."""
 
+    # hold the predictor's lr at the peak, no decay (Chen & He 2021, sec. 4.2: it does better)
+    fix_predictor_lr: bool = False
+
     def validate(self) -> None:
-        pass
+        if not isinstance(self.fix_predictor_lr, bool):
+            raise ValueError(
+                f"config.simsiam.fix_predictor_lr={self.fix_predictor_lr!r} is invalid: must be "
+                "True or False."
+            )
 
 
 def init_state(config: Any, key: jax.Array) -> TrainState:
@@ -45,13 +53,15 @@ def init_state(config: Any, key: jax.Array) -> TrainState:
     )
     module = network_lib.PredictorNetwork(network, predictor)
     module.train()
-    tx, schedule = network_lib.optimizer_for(config, module)
+    hp = Hparams(**config.simsiam)
+    group = LrGroup(TopLevel("predictor"), constant=True) if hp.fix_predictor_lr else None
+    tx, schedule = network_lib.optimizer_for(config, module, group)
     return TrainState.create(
         module,
         tx=tx,
         schedule=schedule,
         settings=network_lib.step_settings(config),
-        hparams=Hparams(**config.simsiam),
+        hparams=hp,
     )
 
 

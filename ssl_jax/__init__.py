@@ -26,6 +26,7 @@ from ssl_jax.augment import (
 )
 from ssl_jax.losses import (
     barlow_twins_loss,
+    barlow_twins_terms,
     byol_loss,
     contrastive_accuracy,
     moco_v3_loss,
@@ -66,6 +67,7 @@ __all__ = [
     "ResNet",
     "ViewConfig",
     "barlow_twins_loss",
+    "barlow_twins_terms",
     "byol_loss",
     "byol_views",
     "contrastive_accuracy",

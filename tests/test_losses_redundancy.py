@@ -12,7 +12,12 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
-from ssl_jax.losses.redundancy import barlow_twins_loss, vicreg_loss, vicreg_terms
+from ssl_jax.losses.redundancy import (
+    barlow_twins_loss,
+    barlow_twins_terms,
+    vicreg_loss,
+    vicreg_terms,
+)
 
 N_DEV = 8
 
@@ -102,6 +107,16 @@ def test_barlow_twins_matches_algorithm1(n, d, lambd):
     got = barlow_jit(z1, z2, lambda_=lambd)
     assert got.dtype == jnp.float32 and got.shape == ()
     np.testing.assert_allclose(got, barlow_twins_algorithm1(z1, z2, lambd), rtol=2e-5, atol=1e-6)
+
+
+def test_barlow_twins_terms_are_the_two_sums_of_algorithm1():
+    z1, z2 = views(9, 5, seed=3)
+    terms = jax.jit(barlow_twins_terms)(z1, z2, lambda_=0.3)
+    on = barlow_twins_algorithm1(z1, z2, 0.0)
+    off = barlow_twins_algorithm1(z1, z2, 1.0) - on
+    np.testing.assert_allclose(terms["on_diagonal"], on, rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(terms["off_diagonal"], off, rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(terms["loss"], barlow_jit(z1, z2, lambda_=0.3), rtol=1e-6)
 
 
 @pytest.mark.parametrize("n,d", [(2, 3), (9, 5), (16, 8)])

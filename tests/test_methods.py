@@ -18,6 +18,7 @@ NEW = ["simsiam", "barlow_twins", "vicreg", "moco_v3", "supcon"]
 TERMS = {
     "vicreg": {"invariance", "variance", "covariance"},
     "moco_v3": {"momentum"},
+    "barlow_twins": {"on_diagonal", "off_diagonal"},
     "supcon": {"positives"},
 }
 

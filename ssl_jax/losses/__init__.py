@@ -24,19 +24,25 @@ Modules, by family: :mod:`~ssl_jax.losses.contrastive` (:func:`nt_xent` and
 :mod:`~ssl_jax.losses.momentum_contrast` (:func:`moco_v3_loss`),
 :mod:`~ssl_jax.losses.supervised_contrastive` (:func:`supcon_loss`),
 :mod:`~ssl_jax.losses.distillation` (:func:`byol_loss`, :func:`simsiam_loss`) and
-:mod:`~ssl_jax.losses.redundancy` (:func:`barlow_twins_loss`, :func:`vicreg_loss`,
-:func:`vicreg_terms`); the input checks and the ``axis_name`` gathering they share are in
-``ssl_jax.losses._batch``. Everything public is re-exported here.
+:mod:`~ssl_jax.losses.redundancy` (:func:`barlow_twins_loss`, :func:`barlow_twins_terms`,
+:func:`vicreg_loss`, :func:`vicreg_terms`); the input checks and the ``axis_name`` gathering
+they share are in ``ssl_jax.losses._batch``. Everything public is re-exported here.
 """
 
 from ssl_jax.losses.contrastive import contrastive_accuracy, nt_xent
 from ssl_jax.losses.distillation import byol_loss, simsiam_loss
 from ssl_jax.losses.momentum_contrast import moco_v3_loss
-from ssl_jax.losses.redundancy import barlow_twins_loss, vicreg_loss, vicreg_terms
+from ssl_jax.losses.redundancy import (
+    barlow_twins_loss,
+    barlow_twins_terms,
+    vicreg_loss,
+    vicreg_terms,
+)
 from ssl_jax.losses.supervised_contrastive import supcon_loss
 
 __all__ = [
     "barlow_twins_loss",
+    "barlow_twins_terms",
     "byol_loss",
     "contrastive_accuracy",
     "moco_v3_loss",

@@ -1,8 +1,9 @@
 """Redundancy-reduction losses: statistics of the batch, decorrelated across embedding dimensions.
 
-:func:`barlow_twins_loss` (Barlow Twins: the cross-correlation of the two views' standardised
-embeddings is pushed to the identity) and :func:`vicreg_loss` / :func:`vicreg_terms` (VICReg:
-invariance, a variance hinge and a covariance penalty, with no normalisation of the embeddings).
+:func:`barlow_twins_loss` / :func:`barlow_twins_terms` (Barlow Twins: the cross-correlation of
+the two views' standardised embeddings is pushed to the identity) and :func:`vicreg_loss` /
+:func:`vicreg_terms` (VICReg: invariance, a variance hinge and a covariance penalty, with no
+normalisation of the embeddings).
 
 Both are functions of per-dimension statistics of the GLOBAL batch (means, variances, the
 ``[D, D]`` cross-correlation or covariance), never of single rows. Under plain ``jax.jit`` on a
@@ -25,7 +26,7 @@ from jax.typing import ArrayLike
 
 from ssl_jax.losses._batch import _as_float, _check_pair, _global_size
 
-__all__ = ["barlow_twins_loss", "vicreg_loss", "vicreg_terms"]
+__all__ = ["barlow_twins_loss", "barlow_twins_terms", "vicreg_loss", "vicreg_terms"]
 
 # Barlow Twins standardises each dimension like the official code's BatchNorm1d(affine=False) in
 # training mode: biased (1/N) variance, and this eps added to it under the square root.
@@ -151,6 +152,36 @@ def barlow_twins_loss(
       2.01019...
     """
     with jax.named_scope("barlow_twins_loss"):
+        return barlow_twins_terms(z1, z2, lambda_=lambda_, axis_name=axis_name)["loss"]
+
+
+def barlow_twins_terms(
+    z1: ArrayLike,
+    z2: ArrayLike,
+    *,
+    lambda_: ArrayLike = 0.0051,
+    axis_name: Hashable | None = None,
+) -> dict[str, jax.Array]:
+    r"""Barlow Twins loss and its two unweighted terms, for logging: see
+    :func:`barlow_twins_loss`.
+
+    Returns:
+      A dict of float32 scalars (float64 for float64 inputs): ``"loss"`` (the value of
+      :func:`barlow_twins_loss`, ``on_diagonal + lambda_ * off_diagonal``), ``"on_diagonal"``
+      (``sum_i (1 - C_ii)^2``, the invariance term) and ``"off_diagonal"`` (``sum_{i != j}
+      C_ij^2``, the redundancy term, unweighted).
+
+    Raises:
+      ValueError: as :func:`barlow_twins_loss`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> z = jnp.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
+      >>> terms = barlow_twins_terms(z, z[:, ::-1])  # C = [[0, 1], [1, 0]]
+      >>> {k: round(float(v), 4) for k, v in sorted(terms.items())}
+      {'loss': 2.0102, 'off_diagonal': 2.0, 'on_diagonal': 2.0}
+    """
+    with jax.named_scope("barlow_twins_terms"):
         _check_coefficient(lambda_, "lambda_")
         a, b = _inputs(z1, z2)
         n = _global_size(a.shape[0], axis_name)
@@ -162,7 +193,9 @@ def barlow_twins_loss(
 
         c = _global_sum(_row_contraction(standardise(a), standardise(b)), axis_name) / n
         on_diag = jnp.sum((1.0 - jnp.diagonal(c)) ** 2)
-        return on_diag + jnp.asarray(lambda_, c.dtype) * _off_diagonal_square_sum(c)
+        off_diag = _off_diagonal_square_sum(c)
+        loss = on_diag + jnp.asarray(lambda_, c.dtype) * off_diag
+        return {"loss": loss, "on_diagonal": on_diag, "off_diagonal": off_diag}
 
 
 def vicreg_terms(

@@ -20,7 +20,7 @@ from ssl_jax.methods import network as network_lib
 from ssl_jax.methods.state import TrainState, embedding_std, make_views, step_key
 from ssl_jax.optim import LrGroup
 
-LOSS_SCOPES = ("barlow_twins_loss",)
+LOSS_SCOPES = ("barlow_twins_terms",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +58,9 @@ def train_step(
       key: the run's PRNG key; the step number is folded in, so pass the same key every step.
 
     Returns:
-      The new state and scalar metrics: loss, embed_std, learning_rate, l2_grads, l2_params,
-      l2_updates.
+      The new state and scalar metrics: loss (times ``scale_loss``), its unweighted terms
+      on_diagonal and off_diagonal (:func:`ssl_jax.losses.barlow_twins_terms`), embed_std,
+      learning_rate, l2_grads, l2_params, l2_updates.
     """
     hp = state.hparams
     x1, x2 = make_views(batch, step_key(key, state.step), state.settings)
@@ -68,12 +69,21 @@ def train_step(
         network = state.module(params, copy=True)
         _, z1 = network(x1)
         _, z2 = network(x2)
-        loss = hp.scale_loss * losses.barlow_twins_loss(z1, z2, lambda_=hp.lambda_)
-        return loss, (nnx.state(network, nnx.BatchStat), z1)
+        terms = losses.barlow_twins_terms(z1, z2, lambda_=hp.lambda_)
+        loss = hp.scale_loss * terms["loss"]
+        return loss, (nnx.state(network, nnx.BatchStat), z1, terms)
 
-    (loss, (batch_stats, z1)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (batch_stats, z1, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params
+    )
     new_state, metrics = state.apply_gradients(grads, batch_stats=batch_stats)
-    metrics.update(loss=loss, embed_std=embedding_std(z1), learning_rate=state.schedule(state.step))
+    metrics.update(
+        loss=loss,
+        on_diagonal=terms["on_diagonal"],
+        off_diagonal=terms["off_diagonal"],
+        embed_std=embedding_std(z1),
+        learning_rate=state.schedule(state.step),
+    )
     return new_state, metrics
 
 

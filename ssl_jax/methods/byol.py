@@ -110,8 +110,4 @@ def train_step(
     return new_state.replace(target=target), metrics
 
 
-def encoder_of(state: TrainState) -> nnx.Module:
-    """The trained ONLINE encoder in eval mode (what BYOL evaluates)."""
-    online = state.module()
-    online.eval()
-    return online.network.encoder
+encoder_of = network_lib.encoder_of  # the online encoder: what BYOL evaluates

@@ -119,8 +119,4 @@ def train_step(
     return new_state.replace(target=target), metrics
 
 
-def encoder_of(state: TrainState) -> nnx.Module:
-    """The trained query encoder in eval mode (what MoCo v3 evaluates)."""
-    query = state.module()
-    query.eval()
-    return query.network.encoder
+encoder_of = network_lib.encoder_of  # the query encoder: what MoCo v3 evaluates

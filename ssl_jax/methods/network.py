@@ -134,3 +134,12 @@ def init_network_state(
     return TrainState.create(
         network, tx=tx, schedule=schedule, settings=step_settings(config), hparams=hparams
     )
+
+
+def encoder_of(state: TrainState) -> nnx.Module:
+    """The trained encoder in eval mode (BatchNorm uses running averages): that of the state's
+    SSLNetwork, or of the SSLNetwork inside its PredictorNetwork (BYOL's online network, MoCo
+    v3's query network: what those methods evaluate). A method's ``encoder_of``."""
+    module = state.module()
+    module.eval()
+    return module.network.encoder if isinstance(module, PredictorNetwork) else module.encoder

@@ -94,8 +94,4 @@ def train_step(
     return new_state, metrics
 
 
-def encoder_of(state: TrainState) -> nnx.Module:
-    """The trained encoder in eval mode."""
-    module = state.module()
-    module.eval()
-    return module.network.encoder
+encoder_of = network_lib.encoder_of

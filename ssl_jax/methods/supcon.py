@@ -85,8 +85,4 @@ def train_step(
     return new_state, metrics
 
 
-def encoder_of(state: TrainState) -> nnx.Module:
-    """The trained encoder in eval mode (BatchNorm uses running averages)."""
-    network = state.module()
-    network.eval()
-    return network.encoder
+encoder_of = network_lib.encoder_of

@@ -1,4 +1,4 @@
-"""Encoders (ResNet, ConvNet) and projection / prediction heads, in Flax NNX.
+"""Encoders (ResNet, ConvNet, ViT) and projection / prediction heads, in Flax NNX.
 
 Encoders map ``[B, H, W, C]`` images to ``[B, num_features]`` float32 features; build one by name
 with :func:`get_encoder`, or from a config with :func:`encoder_from_config` (each encoder
@@ -33,10 +33,19 @@ from ssl_jax.models.resnet import (
     ResNet50,
     ResNetSettings,
 )
+from ssl_jax.models.vit import (
+    VisionTransformer,
+    ViTBase,
+    ViTLarge,
+    ViTSettings,
+    ViTSmall,
+    ViTTiny,
+)
 
 
 def get_encoder(name: str, **kwargs: Any) -> Any:
-    """Build an encoder by name: ``'resnet18'``, ``'resnet34'``, ``'resnet50'`` or ``'convnet'``.
+    """Build an encoder by name: ``'resnet18'``, ``'resnet34'``, ``'resnet50'``, ``'convnet'`` or
+    ``'vit_tiny'`` / ``'vit_small'`` / ``'vit_base'`` / ``'vit_large'``.
 
     ``kwargs`` go to the constructor (``rngs`` is required), e.g.
     ``get_encoder('resnet18', stem='cifar', rngs=nnx.Rngs(0))``.
@@ -61,6 +70,12 @@ __all__ = [
     "ResNet34",
     "ResNet50",
     "ResNetSettings",
+    "ViTBase",
+    "ViTLarge",
+    "ViTSettings",
+    "ViTSmall",
+    "ViTTiny",
+    "VisionTransformer",
     "decay_mask_for",
     "encoder_from_config",
     "encoder_settings",

@@ -23,7 +23,8 @@ Modules, by family: :mod:`~ssl_jax.losses.contrastive` (:func:`nt_xent` and
 :func:`contrastive_accuracy`, direct or streamed in column blocks),
 :mod:`~ssl_jax.losses.momentum_contrast` (:func:`moco_v3_loss`),
 :mod:`~ssl_jax.losses.supervised_contrastive` (:func:`supcon_loss`),
-:mod:`~ssl_jax.losses.distillation` (:func:`byol_loss`, :func:`simsiam_loss`) and
+:mod:`~ssl_jax.losses.distillation` (:func:`byol_loss`, :func:`simsiam_loss`),
+:mod:`~ssl_jax.losses.self_distillation` (:func:`dino_loss`, :func:`dino_center`) and
 :mod:`~ssl_jax.losses.redundancy` (:func:`barlow_twins_loss`, :func:`barlow_twins_terms`,
 :func:`vicreg_loss`, :func:`vicreg_terms`); the input checks and the ``axis_name`` gathering
 they share are in ``ssl_jax.losses._batch``. Everything public is re-exported here.
@@ -38,6 +39,7 @@ from ssl_jax.losses.redundancy import (
     vicreg_loss,
     vicreg_terms,
 )
+from ssl_jax.losses.self_distillation import dino_center, dino_loss
 from ssl_jax.losses.supervised_contrastive import supcon_loss
 
 __all__ = [
@@ -45,6 +47,8 @@ __all__ = [
     "barlow_twins_terms",
     "byol_loss",
     "contrastive_accuracy",
+    "dino_center",
+    "dino_loss",
     "moco_v3_loss",
     "nt_xent",
     "simsiam_loss",

@@ -57,6 +57,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Augmentation: a view preset of ssl_jax.augment.VIEW_PRESETS.
     c.augment = "grayscale"  # simclr_imagenet | simclr_cifar | byol | grayscale
+    # Multi-crop: local crops besides the two global views (methods with MULTI_CROP, e.g. dino).
+    c.multi_crop = _block(augment.MultiCrop())
 
     # Model.
     c.model = ml_collections.ConfigDict()
@@ -84,6 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.lr_scaling = "linear"  # linear (x B/256) | sqrt (x sqrt(B)) | none
     c.warmup_steps = 100
     c.weight_decay = 1e-6
+    # adamw | sgd: weight decay on a cosine from weight_decay to this (DINO: 0.04 -> 0.4)
+    c.weight_decay_end = config_dict.placeholder(float)
     c.momentum = 0.9  # lars, sgd
     c.lars_trust_coefficient = 0.001
     c.adam_b1 = 0.9
@@ -251,6 +255,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
     augment.VIEW_PRESETS.get(c.augment)  # a ValueError naming config.augment and the presets
     methods.validate_hparams(c)
+    crops = augment.MultiCrop(**c.multi_crop)  # a ValueError naming the field
+    _require(
+        not crops.local_crops or getattr(methods.get_method(c.method), "MULTI_CROP", False),
+        "multi_crop.local_crops",
+        crops.local_crops,
+        f"method {c.method!r} does not use local crops (dino does): set it to 0",
+    )
+    _require(
+        c.weight_decay_end is None or (c.weight_decay_end >= 0 and c.optimizer != "lars"),
+        "weight_decay_end",
+        c.weight_decay_end,
+        "a weight-decay schedule needs optimizer adamw or sgd and a value >= 0 (None: constant)",
+    )
     models.validate_encoder_config(c.model)
     _require(
         c.model.projector_layers >= 1, "model.projector_layers", c.model.projector_layers, ">= 1"

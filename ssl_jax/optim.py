@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ("lars", "sgd", "adamw")
@@ -108,7 +109,8 @@ def make_optimizer(
 
     Fields read: ``optimizer`` (lars | sgd | adamw), ``base_lr``, ``lr_scaling``
     (linear | sqrt | none), ``warmup_steps``, ``weight_decay``, ``momentum`` (lars, sgd),
-    ``lars_trust_coefficient``, ``adam_b1``/``adam_b2`` (adamw).
+    ``lars_trust_coefficient``, ``adam_b1``/``adam_b2`` (adamw), ``weight_decay_end`` (adamw,
+    sgd: a cosine weight-decay schedule; absent or None: constant).
     """
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"config.optimizer={config.optimizer!r} is not one of {OPTIMIZERS}.")
@@ -120,7 +122,7 @@ def make_optimizer(
         raise ValueError(f"config.warmup_steps must be >= 0, got {config.warmup_steps}.")
     peak = scaled_learning_rate(config.base_lr, global_batch_size, config.lr_scaling)
     schedule = warmup_cosine(peak, total_steps, config.warmup_steps)
-    tx = _transformation(config, schedule, decay_mask)
+    tx = _transformation(config, schedule, decay_mask, _weight_decay(config, total_steps))
     if group is None:
         return tx, schedule
     if group.constant:
@@ -133,18 +135,34 @@ def make_optimizer(
             return jax.tree.map(lambda d: "rest" if d else "group", decay_mask(params))
         return jax.tree.map(lambda g: "group" if g else "rest", group.select(params))
 
-    transforms = {"rest": tx, "group": _transformation(config, group_lr, decay_mask)}
+    weight_decay = _weight_decay(config, total_steps)
+    transforms = {"rest": tx, "group": _transformation(config, group_lr, decay_mask, weight_decay)}
     return optax.multi_transform(transforms, labels), schedule
 
 
+def _weight_decay(config: Any, total_steps: int) -> Any:
+    """``config.weight_decay``, or with ``config.weight_decay_end`` a cosine from the one to the
+    other over the run (DINO's ``cosine_scheduler`` for the weight decay: 0.04 -> 0.4)."""
+    start, end = config.weight_decay, config.get("weight_decay_end")
+    if end is None:
+        return start
+
+    def schedule(step: Any) -> Any:
+        progress = jnp.minimum(step / max(total_steps, 1), 1.0)
+        return end + 0.5 * (start - end) * (1.0 + jnp.cos(math.pi * progress))
+
+    return schedule
+
+
 def _transformation(
-    config: Any, lr: Any, decay_mask: Callable[[Any], Any]
+    config: Any, lr: Any, decay_mask: Callable[[Any], Any], weight_decay: Any
 ) -> optax.GradientTransformation:
-    """The configured optimizer at learning rate ``lr`` (a schedule or a float)."""
+    """The configured optimizer at learning rate ``lr`` and weight decay ``weight_decay`` (each a
+    schedule or a float; LARS takes a float only, config.validate checks it)."""
     if config.optimizer == "lars":
         tx = optax.lars(
             lr,
-            weight_decay=config.weight_decay,
+            weight_decay=weight_decay,
             weight_decay_mask=decay_mask,
             trust_coefficient=config.lars_trust_coefficient,
             trust_ratio_mask=decay_mask,
@@ -152,7 +170,7 @@ def _transformation(
         )
     elif config.optimizer == "sgd":
         tx = optax.chain(
-            optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+            optax.add_decayed_weights(weight_decay, mask=decay_mask),
             optax.sgd(lr, momentum=config.momentum),
         )
     else:
@@ -160,7 +178,7 @@ def _transformation(
             lr,
             b1=config.adam_b1,
             b2=config.adam_b2,
-            weight_decay=config.weight_decay,
+            weight_decay=weight_decay,
             mask=decay_mask,
         )
     return tx

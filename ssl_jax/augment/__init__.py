@@ -24,10 +24,12 @@ Semantics follow torchvision (which the SimCLR/BYOL PyTorch ports use): integer 
 contrast/saturation with ITU-R 601 luma, hue shift in HSV, ops of the colour jitter in a random
 order, clipping to [0, 1] after each op (as SimCLR's own TF code does).
 
-Modules: :mod:`~ssl_jax.augment.ops` (the per-image ops) and :mod:`~ssl_jax.augment.views` (view
-recipes, ``augment``, ``two_views``); everything public is re-exported here.
+Modules: :mod:`~ssl_jax.augment.ops` (the per-image ops), :mod:`~ssl_jax.augment.views` (view
+recipes, ``augment``, ``two_views``) and :mod:`~ssl_jax.augment.multi_crop` (local crops besides
+the two global views); everything public is re-exported here.
 """
 
+from ssl_jax.augment.multi_crop import MultiCrop, local_views
 from ssl_jax.augment.ops import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -75,6 +77,7 @@ __all__ = [
     "FASHION_MNIST_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "MultiCrop",
     "ViewConfig",
     "adjust_brightness",
     "adjust_contrast",
@@ -92,6 +95,7 @@ __all__ = [
     "get_views",
     "grayscale_preset",
     "hsv_to_rgb",
+    "local_views",
     "random_flip",
     "random_grayscale",
     "random_resized_crop",

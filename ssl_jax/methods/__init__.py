@@ -32,6 +32,7 @@ METHODS.add("barlow_twins", "ssl_jax.methods.barlow_twins")
 METHODS.add("vicreg", "ssl_jax.methods.vicreg")
 METHODS.add("moco_v3", "ssl_jax.methods.moco_v3")
 METHODS.add("supcon", "ssl_jax.methods.supcon")
+METHODS.add("dino", "ssl_jax.methods.dino")
 
 
 def get_method(name: str) -> ModuleType:

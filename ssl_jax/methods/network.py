@@ -97,13 +97,17 @@ def build_network(config: Any, rngs: nnx.Rngs) -> SSLNetwork:
 
 
 def step_settings(config: Any) -> StepSettings:
-    """The static settings of the train step (views, compute dtype, length), from the config."""
-    view1, view2 = augment.get_views(config.augment, config.image_size)
+    """The static settings of the train step (views, multi-crop, compute dtype, length), from
+    the config."""
+    crops = augment.MultiCrop(**config.multi_crop)
+    view1, view2, local = crops.views(*augment.get_views(config.augment, config.image_size))
     return StepSettings(
         view1=view1,
         view2=view2,
         compute_dtype=compute_dtype(config),
         total_steps=int(config.total_steps),
+        local_view=local,
+        local_crops=int(crops.local_crops),
     )
 
 

@@ -36,6 +36,8 @@ class StepSettings:
     view2: augment.ViewConfig
     compute_dtype: Any
     total_steps: int
+    local_view: augment.ViewConfig | None = None  # multi-crop: the local crops' view ...
+    local_crops: int = 0  # ... and how many per image (0: none)
 
 
 @struct.dataclass
@@ -168,6 +170,23 @@ def make_views(batch: dict, key: jax.Array, settings: StepSettings) -> tuple[jax
             batch["image"], key, settings.view1, settings.view2, dtype=settings.compute_dtype
         )
     return jax.lax.stop_gradient(x1), jax.lax.stop_gradient(x2)
+
+
+def make_local_views(batch: dict, key: jax.Array, settings: StepSettings) -> jax.Array:
+    """The multi-crop local views of the uint8 batch: ``[local_crops, B, L, L, C]`` in the compute
+    dtype, outside the gradient (:func:`ssl_jax.augment.local_views`; the key is the step's, as
+    for :func:`make_views`, which draws other numbers from it)."""
+    if not settings.local_crops:
+        raise ValueError("make_local_views needs config.multi_crop.local_crops > 0.")
+    with jax.named_scope("augmentation"):
+        x = augment.local_views(
+            batch["image"],
+            jax.random.fold_in(key, 1),
+            settings.local_view,
+            settings.local_crops,
+            dtype=settings.compute_dtype,
+        )
+    return jax.lax.stop_gradient(x)
 
 
 def embedding_std(z: jax.Array) -> jax.Array:

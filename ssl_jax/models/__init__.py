@@ -14,6 +14,7 @@ from typing import Any
 from ssl_jax.kernels import get_conv_general_dilated, im2col_conv_general_dilated
 from ssl_jax.models.convnet import ConvNet, ConvNetSettings
 from ssl_jax.models.decay import decay_mask_for
+from ssl_jax.models.dino_head import DINOHead
 from ssl_jax.models.heads import Predictor, ProjectionMLP
 from ssl_jax.models.layers import make_conv
 from ssl_jax.models.registry import (
@@ -62,6 +63,7 @@ __all__ = [
     "Bottleneck",
     "ConvNet",
     "ConvNetSettings",
+    "DINOHead",
     "EncoderEntry",
     "Predictor",
     "ProjectionMLP",

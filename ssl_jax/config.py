@@ -256,11 +256,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     augment.VIEW_PRESETS.get(c.augment)  # a ValueError naming config.augment and the presets
     methods.validate_hparams(c)
     crops = augment.MultiCrop(**c.multi_crop)  # a ValueError naming the field
+    multi = [n for n, m in methods.METHODS.items() if getattr(m, "MULTI_CROP", False)]
     _require(
-        not crops.local_crops or getattr(methods.get_method(c.method), "MULTI_CROP", False),
+        not crops.local_crops or c.method in multi,
         "multi_crop.local_crops",
         crops.local_crops,
-        f"method {c.method!r} does not use local crops (dino does): set it to 0",
+        f"method {c.method!r} does not use local crops ({', '.join(multi)} do): set it to 0",
     )
     _require(
         c.weight_decay_end is None or (c.weight_decay_end >= 0 and c.optimizer != "lars"),

@@ -38,8 +38,8 @@ def test_multi_crop_views_and_local_crops():
 
 def test_local_crops_are_an_error_for_a_method_that_does_not_use_them():
     c = config_lib.base_config()
-    c.multi_crop.local_crops = 2
-    with pytest.raises(ValueError, match="config.multi_crop.local_crops=2 is invalid: method"):
+    c.method, c.multi_crop.local_crops = "vicreg", 2
+    with pytest.raises(ValueError, match="local_crops=2 is invalid: method 'vicreg' does not"):
         config_lib.validate(c)
     c.method = "dino"
     config_lib.validate(c)

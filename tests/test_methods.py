@@ -194,3 +194,49 @@ def test_barlow_twins_bias_lr_scale_scales_only_biases_and_norms():
         np.testing.assert_allclose(half[p], 0.5 * base[p], rtol=1e-4, atol=1e-7)
     for p in kernels:
         np.testing.assert_allclose(half[p], base[p], rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol", "moco_v3"])
+def test_multi_crop_adds_the_local_crops_to_the_loss(method):
+    """2 + 2 crops: the step runs with the local crops in the loss (a different value from the
+    same state, batch and key with two crops), and its metrics stay finite."""
+    import jax
+
+    from ssl_jax.methods import get_method
+
+    images = np.random.default_rng(0).integers(0, 255, (16, 16, 16, 1), np.uint8)
+    losses = []
+    for local_crops in (0, 2):
+        config = tiny_config(
+            method, **{"multi_crop.local_crops": local_crops, "multi_crop.local_size": 8}
+        )
+        module = get_method(method)
+        state = module.init_state(config, jax.random.key(0))
+        _, metrics = jax.jit(module.train_step)(state, {"image": images}, jax.random.key(1))
+        assert all(np.isfinite(float(v)) for v in metrics.values())
+        losses.append(float(metrics["loss"]))
+    assert losses[0] != pytest.approx(losses[1], rel=1e-4)
+
+
+def test_simclr_multi_crop_loss_is_nt_xent_with_every_crop_of_an_image_positive():
+    """A float64 reference of SwAV's multi-crop SimCLR: each crop an anchor, the other crops of
+    its image its positives, every other crop in the denominator; mean over anchors and
+    positives."""
+    import math
+
+    from ssl_jax.methods.simclr import _multi_crop_loss
+
+    n, v, d, tau = 3, 2, 4, 0.5
+    rng = np.random.default_rng(2)
+    z, z_local = rng.normal(size=(2 * n, d)), rng.normal(size=(n * v, d))
+    rows = [(i // 2, x) for i, x in enumerate(z)] + [(i // v, x) for i, x in enumerate(z_local)]
+    unit = [(img, x / np.linalg.norm(x)) for img, x in rows]
+    total, count = 0.0, 0
+    for a, (img_a, xa) in enumerate(unit):
+        others = [(img, float(xa @ x) / tau) for b, (img, x) in enumerate(unit) if b != a]
+        log_denominator = math.log(sum(math.exp(s) for _, s in others))
+        positives = [s for img, s in others if img == img_a]
+        total += sum(log_denominator - s for s in positives) / len(positives)
+        count += 1
+    got = _multi_crop_loss(np.float32(z), np.float32(z_local), n, tau)
+    np.testing.assert_allclose(got, total / count, rtol=1e-5)

@@ -19,9 +19,17 @@ from flax import nnx
 from ssl_jax import losses, models
 from ssl_jax.methods import network as network_lib
 from ssl_jax.methods.ema import EMATarget, cosine_tau
-from ssl_jax.methods.state import TrainState, embedding_std, make_views, step_key
+from ssl_jax.methods.state import (
+    TrainState,
+    embedding_std,
+    local_crops_of,
+    make_views,
+    rows_as_crops,
+    step_key,
+)
 
 LOSS_SCOPES = ("byol_loss",)
+MULTI_CROP = True  # config.multi_crop: each local crop also predicts both targets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +89,9 @@ def train_step(
       The new state and scalar metrics: loss, tau, embed_std, learning_rate, l2_grads,
       l2_params, l2_updates.
     """
-    x1, x2 = make_views(batch, step_key(key, state.step), state.settings)
+    k = step_key(key, state.step)
+    x1, x2 = make_views(batch, k, state.settings)
+    local = local_crops_of(batch, k, state.settings)  # multi-crop: [B * V, L, L, C] or None
 
     # The target needs no gradient: run it first, outside the differentiated function.
     target = state.target.module()
@@ -95,6 +105,12 @@ def train_step(
         z1, q1 = online(x1)
         _, q2 = online(x2)
         loss = losses.byol_loss(q1, t2) + losses.byol_loss(q2, t1)
+        if local is not None:  # each local crop predicts both targets; mean over the pairs x 2
+            v = local.shape[0] // q1.shape[0]
+            q_local = rows_as_crops(online(local)[1], v)
+            for q in q_local:
+                loss += losses.byol_loss(q, t1) + losses.byol_loss(q, t2)
+            loss /= v + 1
         return loss, (nnx.state(online, nnx.BatchStat), z1)
 
     (loss, (batch_stats, z1)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

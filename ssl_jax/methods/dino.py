@@ -30,9 +30,11 @@ from ssl_jax.methods import network as network_lib
 from ssl_jax.methods.ema import EMATarget, cosine_tau
 from ssl_jax.methods.state import (
     TrainState,
+    crops_as_rows,
     embedding_std,
     make_local_views,
     make_views,
+    rows_as_crops,
     step_key,
 )
 
@@ -141,17 +143,6 @@ def zero_last_layer(tree: Any, frozen: jax.Array) -> Any:
     return jax.tree_util.tree_map_with_path(zero, tree)
 
 
-def _views_as_rows(x: jax.Array) -> jax.Array:
-    """``[V, B, ...] -> [B * V, ...]`` with the crops of an image side by side (each device keeps
-    its own images' rows under data parallelism)."""
-    return jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:])
-
-
-def _rows_as_views(y: jax.Array, v: int) -> jax.Array:
-    """The inverse for the logits: ``[B * V, K] -> [V, B, K]``."""
-    return jnp.swapaxes(y.reshape(-1, v, y.shape[-1]), 0, 1)
-
-
 def train_step(
     state: TrainState, batch: dict, key: jax.Array
 ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -168,21 +159,21 @@ def train_step(
     """
     hp, settings = state.hparams, state.settings
     k = step_key(key, state.step)
-    globals_ = _views_as_rows(jnp.stack(make_views(batch, k, settings)))  # [2B, S, S, C]
+    globals_ = crops_as_rows(jnp.stack(make_views(batch, k, settings)))  # [2B, S, S, C]
     locals_ = make_local_views(batch, k, settings) if settings.local_crops else None
 
     teacher = state.target.module()
     with jax.named_scope("target_forward"):
-        teacher_logits = _rows_as_views(teacher(globals_)[1], 2)  # [2, B, K]
+        teacher_logits = rows_as_crops(teacher(globals_)[1], 2)  # [2, B, K]
     teacher_stats = nnx.state(teacher, nnx.BatchStat)
     temperature = teacher_temperature(state.step, hp)
 
     def loss_fn(params):
         student = state.module(params, copy=True)
         h, logits = student(globals_)
-        crops = [_rows_as_views(logits, 2)]
+        crops = [rows_as_crops(logits, 2)]
         if locals_ is not None:
-            crops.append(_rows_as_views(student(_views_as_rows(locals_))[1], locals_.shape[0]))
+            crops.append(rows_as_crops(student(crops_as_rows(locals_))[1], locals_.shape[0]))
         loss = losses.dino_loss(
             jnp.concatenate(crops),
             teacher_logits,

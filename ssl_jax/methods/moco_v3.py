@@ -23,9 +23,17 @@ from flax import nnx
 from ssl_jax import losses, models
 from ssl_jax.methods import network as network_lib
 from ssl_jax.methods.ema import EMATarget, cosine_tau
-from ssl_jax.methods.state import TrainState, embedding_std, make_views, step_key
+from ssl_jax.methods.state import (
+    TrainState,
+    embedding_std,
+    local_crops_of,
+    make_views,
+    rows_as_crops,
+    step_key,
+)
 
 LOSS_SCOPES = ("moco_v3_loss",)
+MULTI_CROP = True  # config.multi_crop: each local crop is also a query against both keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +98,9 @@ def train_step(
       l2_params, l2_updates.
     """
     hp = state.hparams
-    x1, x2 = make_views(batch, step_key(key, state.step), state.settings)
+    k = step_key(key, state.step)
+    x1, x2 = make_views(batch, k, state.settings)
+    local = local_crops_of(batch, k, state.settings)  # multi-crop: [B * V, L, L, C] or None
 
     # The keys need no gradient: the momentum network runs first, outside the differentiation.
     target = state.target.module()
@@ -104,6 +114,11 @@ def train_step(
         z1, q1 = query(x1)
         _, q2 = query(x2)
         loss = losses.moco_v3_loss(q1, q2, k1, k2, temperature=hp.temperature)
+        if local is not None:  # each local query against both keys; mean over the pairs x 2
+            v = local.shape[0] // q1.shape[0]
+            for q in rows_as_crops(query(local)[1], v):
+                loss += losses.moco_v3_loss(q, q, k1, k2, temperature=hp.temperature)
+            loss /= v + 1
         return loss, (nnx.state(query, nnx.BatchStat), z1)
 
     (loss, (batch_stats, z1)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -18,10 +18,17 @@ from flax import nnx
 
 from ssl_jax import losses
 from ssl_jax.methods import network as network_lib
-from ssl_jax.methods.state import TrainState, embedding_std, make_views, step_key
+from ssl_jax.methods.state import (
+    TrainState,
+    embedding_std,
+    local_crops_of,
+    make_views,
+    step_key,
+)
 
 # Named scopes of the losses in the step (profiling: where the embeddings may be gathered).
 LOSS_SCOPES = ("nt_xent", "contrastive_accuracy")
+MULTI_CROP = True  # config.multi_crop's local crops are extra positives (supcon_loss by image)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +57,15 @@ def init_state(config: Any, key: jax.Array) -> TrainState:
     return network_lib.init_network_state(config, key, Hparams(**config.simclr))
 
 
+def _multi_crop_loss(z: jax.Array, z_local: jax.Array, n: int, temperature: float) -> jax.Array:
+    """NT-Xent over all crops with every crop of an image a positive of its others:
+    :func:`ssl_jax.losses.supcon_loss` with the image index as the label (equal to nt_xent for
+    two crops). ``z``: the global crops' rows ``[2B, D]``, ``z_local``: ``[B * V, D]``."""
+    v = z_local.shape[0] // n
+    labels = jnp.concatenate([jnp.repeat(jnp.arange(n), 2), jnp.repeat(jnp.arange(n), v)])
+    return losses.supcon_loss(jnp.concatenate([z, z_local]), labels, temperature=temperature)
+
+
 def train_step(
     state: TrainState, batch: dict, key: jax.Array
 ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -65,7 +81,9 @@ def train_step(
       learning_rate, l2_grads, l2_params, l2_updates.
     """
     hp = state.hparams
-    x1, x2 = make_views(batch, step_key(key, state.step), state.settings)
+    k = step_key(key, state.step)
+    x1, x2 = make_views(batch, k, state.settings)
+    local = local_crops_of(batch, k, state.settings)  # multi-crop: [B * V, L, L, C] or None
     n = x1.shape[0]
     # The two views of an image sit side by side ([x1_0, x2_0, x1_1, ...]): each device keeps the
     # views of its own images. Concatenating [x1; x2] instead makes XLA move half of every
@@ -77,7 +95,10 @@ def train_step(
         _, z = network(x)  # BatchNorm sees the same 2B rows as with [x1; x2]
         z = z.reshape(n, 2, -1)
         z1, z2 = z[:, 0], z[:, 1]
-        loss = losses.nt_xent(z1, z2, temperature=hp.temperature, block_size=hp.loss_block_size)
+        if local is None:
+            loss = losses.nt_xent(z1, z2, temperature=hp.temperature, block_size=hp.loss_block_size)
+        else:  # every crop of an image is a positive of the others (SwAV's multi-crop SimCLR)
+            loss = _multi_crop_loss(z.reshape(2 * n, -1), network(local)[1], n, hp.temperature)
         aux = (nnx.state(network, nnx.BatchStat), z1, z2)
         return loss, aux
 

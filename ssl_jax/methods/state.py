@@ -189,6 +189,25 @@ def make_local_views(batch: dict, key: jax.Array, settings: StepSettings) -> jax
     return jax.lax.stop_gradient(x)
 
 
+def crops_as_rows(x: jax.Array) -> jax.Array:
+    """``[V, B, ...] -> [B * V, ...]`` with the crops of an image side by side (under data
+    parallelism each device keeps its own images' rows)."""
+    return jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:])
+
+
+def rows_as_crops(y: jax.Array, v: int) -> jax.Array:
+    """The inverse for outputs: ``[B * V, D] -> [V, B, D]``."""
+    return jnp.swapaxes(y.reshape(-1, v, y.shape[-1]), 0, 1)
+
+
+def local_crops_of(batch: dict, key: jax.Array, settings: StepSettings) -> jax.Array | None:
+    """The local crops as rows, ``[B * local_crops, L, L, C]`` (:func:`make_local_views`), or None
+    without multi-crop."""
+    if not settings.local_crops:
+        return None
+    return crops_as_rows(make_local_views(batch, key, settings))
+
+
 def embedding_std(z: jax.Array) -> jax.Array:
     """Mean over dimensions of the batch std of L2-normalised embeddings z: [B, D].
 

@@ -449,8 +449,9 @@ def main(argv: list[str] | None = None, *, extra_hooks: Sequence[Any] = ()) -> i
             return pretrain(rest, extra_hooks=extra_hooks)
         return COMMANDS[command](rest)
     except KeyboardInterrupt as e:
-        # A first Ctrl-C in pretraining saves a checkpoint of the last completed step
-        # (train.TrainingInterrupted); a second one stops at once, from the last checkpoint.
+        # A first Ctrl-C, SIGTERM or SIGHUP in pretraining saves a checkpoint of the last completed
+        # step (train.TrainingInterrupted); a second one stops at once, from the last checkpoint.
+        # The exit status is the shell's for the signal: 128 + its number (Ctrl-C: 130).
         step = getattr(e, "step", None)
         if step is not None:
             msg = f"interrupted after step {step}, which is checkpointed. Run the same command "
@@ -460,7 +461,7 @@ def main(argv: list[str] | None = None, *, extra_hooks: Sequence[Any] = ()) -> i
         else:
             msg = "interrupted."
         print(f"ssl-jax: {msg}", file=sys.stderr)
-        return 130
+        return 128 + getattr(e, "signum", 2)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ in reverse order. ``loop`` is :class:`ssl_jax.train.Loop`. The default hooks, in
   KnnMonitorHook    the kNN monitor every ``config.eval_every`` steps (process 0)
   ProgressHook      console line, metrics.jsonl and TensorBoard every ``config.log_every`` steps
   CheckpointHook    a checkpoint every ``config.checkpoint_every`` steps and at the end
-  StopOnSigint      a first Ctrl-C saves the last completed step and stops between two steps
+  StopOnSignal      a first Ctrl-C, SIGTERM or SIGHUP saves the last completed step and stops
 """
 
 from __future__ import annotations
@@ -31,12 +31,14 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) stopped the run between two steps, after a checkpoint of the last
-    completed step was saved (``step``); the same command resumes from it."""
+    """Ctrl-C (SIGINT), SIGTERM or SIGHUP (``signum``) stopped the run between two steps, after a
+    checkpoint of the last completed step was saved (``step``); the same command resumes from
+    it."""
 
-    def __init__(self, step: int):
+    def __init__(self, step: int, signum: int = signal.SIGINT):
         super().__init__(f"interrupted after step {step}; checkpoint saved")
         self.step = step
+        self.signum = int(signum)
 
 
 class Hook:
@@ -161,43 +163,56 @@ class CheckpointHook(Hook):
         loop.ckpt.wait()
 
 
-class StopOnSigint(Hook):
-    """While the loop runs, the first SIGINT only sets ``requested``; the next step boundary then
-    saves a checkpoint of the last completed step and raises TrainingInterrupted. A second one
-    interrupts at once. Active only in the main thread of a single-process run: with several
-    processes a save is collective, and one process's Ctrl-C must not make it save alone."""
+# Signals that stop a run after a checkpoint: Ctrl-C, and the preemption signals of SLURM (SIGTERM
+# at the time limit, then SIGKILL after KillWait, 30 s by default), Kubernetes (SIGTERM, then
+# SIGKILL after terminationGracePeriodSeconds, 30 s by default), spot VMs and a closed terminal
+# (SIGHUP).
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+class StopOnSignal(Hook):
+    """While the loop runs, the first SIGINT, SIGTERM or SIGHUP only sets ``requested``; the next
+    step boundary then saves a checkpoint of the last completed step and raises
+    TrainingInterrupted (naming the signal). A second one interrupts at once. Active only in the
+    main thread of a single-process run: with several processes a save is collective, and one
+    process's signal must not make it save alone."""
 
     def __init__(self):
-        self.requested = False
-        self._previous = None
+        self.requested: int | None = None  # the signal received
+        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame):
-        if self.requested:
+        if self.requested is not None:
             raise KeyboardInterrupt
-        self.requested = True
-        logs.console("\nCtrl-C: saving a checkpoint after this step (Ctrl-C again to stop now)")
+        self.requested = signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        again = "Ctrl-C" if signum == signal.SIGINT else "the signal"
+        logs.console(f"\n{name}: saving a checkpoint after this step ({again} again to stop now)")
 
     def start(self, loop: Any) -> None:
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
 
     def before_step(self, loop: Any, step: int) -> None:
-        if not self.requested:
+        if self.requested is None:
             return
         check_finite(loop)
         if loop.saved_step != step - 1:
             loop.ckpt.save(step - 1, loop.state, loop.iterator.get_state())
         loop.ckpt.wait()
-        raise TrainingInterrupted(step - 1)
+        raise TrainingInterrupted(step - 1, self.requested)
 
     def end(self, loop: Any) -> None:
-        if self.requested:  # during the last step: trained and saved, but stop here
-            raise TrainingInterrupted(loop.saved_step)
+        if self.requested is not None:  # during the last step: trained and saved, but stop here
+            raise TrainingInterrupted(loop.saved_step, self.requested)
 
     def close(self, loop: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
 
 def knn_monitor_hook(loop: Any) -> Hook | None:
@@ -223,5 +238,5 @@ def default_hooks(loop: Any) -> list[Hook]:
         *([monitor] if monitor else []),
         ProgressHook(),
         CheckpointHook(),
-        StopOnSigint(),
+        StopOnSignal(),
     ]

@@ -27,14 +27,14 @@ class KillBeforeStep(Hook):
 
 
 class SigintBeforeStep(Hook):
-    """Send this process a SIGINT (Ctrl-C) before ``step``."""
+    """Send this process a SIGINT (Ctrl-C), or ``signum``, before ``step``."""
 
-    def __init__(self, step: int):
-        self.step = step
+    def __init__(self, step: int, signum: int = signal.SIGINT):
+        self.step, self.signum = step, signum
 
     def before_step(self, loop, step):
         if step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), self.signum)
 
 
 if __name__ == "__main__":

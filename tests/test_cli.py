@@ -176,6 +176,30 @@ def test_pretrain_then_evaluate(tmp_path, capsys):
     assert "| ssl | linear |" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_preemption_signals_save_the_last_step_like_ctrl_c(tmp_path, capsys, name):
+    """SLURM and Kubernetes send SIGTERM before SIGKILL, a closed terminal SIGHUP: the run saves
+    the last completed step (6, although checkpoint_every=4), restores the handlers and exits
+    128 + the signal's number; the same command resumes there (exactness: the Ctrl-C test)."""
+    import signal
+
+    from ssl_jax.checkpoint import Checkpointer
+
+    signum = getattr(signal, name)
+    handler = signal.getsignal(signum)
+    config = tiny_config(total_steps=8, checkpoint_every=4, log_every=1)
+    args = ["pretrain", "--config", RECIPE, "--workdir", str(tmp_path)]
+    args += config_flags_for(config)
+    assert cli.main(args, extra_hooks=[SigintBeforeStep(7, signum)]) == 128 + signum
+    captured = capsys.readouterr()
+    assert f"{name}: saving a checkpoint after this step" in captured.out
+    assert "interrupted after step 6, which is checkpointed" in captured.err
+    assert signal.getsignal(signum) is handler
+    ckpt = Checkpointer(str(tmp_path / "checkpoints"))
+    assert ckpt.all_steps() == [4, 6]
+    ckpt.close()
+
+
 def test_ctrl_c_saves_the_last_step_and_the_run_resumes_exactly(tmp_path, monkeypatch, capsys):
     """A first Ctrl-C (SIGINT, sent by the run itself before step 7) lets step 6 finish, saves
     its checkpoint although checkpoint_every=4, and exits 130 with a message; the same command

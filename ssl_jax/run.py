@@ -37,6 +37,11 @@ class Run:
     workdir: str
 
     def __post_init__(self):
+        if not str(self.workdir).strip():
+            raise ValueError(
+                "The work directory is empty (--workdir= with an unset variable?): give the "
+                "run's directory."
+            )
         object.__setattr__(self, "workdir", os.path.abspath(self.workdir))
 
     @property

@@ -13,6 +13,7 @@ checkpoints, Ctrl-C -- is a hook (:mod:`ssl_jax.hooks`), each a small object.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -27,6 +28,7 @@ from ssl_jax import hooks as hooks_lib
 from ssl_jax.hooks import NonFiniteLossError, TrainingInterrupted
 from ssl_jax.methods import batch_keys, get_method
 from ssl_jax.run import Run, abstract_state, jit_train_step
+from ssl_jax.workdir_lock import WorkdirLock
 
 __all__ = ["NonFiniteLossError", "TrainResult", "TrainingInterrupted", "train"]
 
@@ -184,9 +186,24 @@ def train(config: Any, workdir: str, *, extra_hooks: Sequence[hooks_lib.Hook] = 
     ``extra_hooks`` (:class:`ssl_jax.hooks.Hook`) run before the default ones at every moment
     (:func:`ssl_jax.hooks.default_hooks`: NaN stop, kNN monitor, progress and metrics,
     checkpoints, Ctrl-C). Raises NonFiniteLossError when the loss is NaN or Inf (nothing of that
-    state is saved) and TrainingInterrupted after a Ctrl-C.
+    state is saved), TrainingInterrupted after a Ctrl-C, SIGTERM or SIGHUP, and ValueError when
+    another live run holds ``workdir`` (:class:`ssl_jax.workdir_lock.WorkdirLock`).
     """
     loop, changes, latest = init_or_restore(config, workdir)
+    with contextlib.ExitStack() as stack:
+        if loop.is_main:  # one live run per work directory (ValueError naming the holder)
+            try:
+                stack.enter_context(WorkdirLock(loop.run.workdir))
+            except ValueError:
+                loop.ckpt.close()
+                raise
+        return _train(loop, changes, latest, extra_hooks)
+
+
+def _train(
+    loop: Loop, changes: list[str], latest: int | None, extra_hooks: Sequence[hooks_lib.Hook]
+) -> TrainResult:
+    config = loop.config
     if loop.is_main:
         os.makedirs(loop.run.workdir, exist_ok=True)
         logs.write_atomic(loop.run.config_path, config_lib.to_json(config))

@@ -200,3 +200,36 @@ def test_resume_reports_config_changes_and_refuses_another_model(tmp_path, capsy
     assert "model.convnet.features: [4, 8, 8, 16] -> [8, 8, 8, 16]" in str(e.value)
     assert "saved (3, 3, 1, 4), now (3, 3, 1, 8)" in str(e.value)
     assert "new --workdir" in str(e.value)
+
+
+def test_a_second_run_on_a_live_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    """While a run holds the work directory, another refuses at once, naming the holder, and
+    writes nothing; a lock left by a killed process (SIGKILL) is taken over."""
+    import signal
+    import subprocess
+    import sys
+
+    from ssl_jax.workdir_lock import WorkdirLock
+
+    config = tiny_config(total_steps=2, checkpoint_every=2)
+    with WorkdirLock(str(tmp_path)):
+        with pytest.raises(ValueError, match=r"is in use by a live run \(pid \d+ on .*\)"):
+            train(config, str(tmp_path))
+    assert not (tmp_path / "config.json").exists() and not (tmp_path / "metrics.jsonl").exists()
+
+    holder = (
+        "import os, signal; from ssl_jax.workdir_lock import WorkdirLock; "
+        f"WorkdirLock({str(tmp_path)!r}).__enter__(); os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    died = subprocess.run([sys.executable, "-c", holder], check=False)
+    assert died.returncode == -signal.SIGKILL
+    train(config, str(tmp_path))
+    assert [r["step"] for r in logs.read_metrics(str(tmp_path))] == [1, 2]
+
+
+def test_an_empty_workdir_is_an_error_naming_the_fix():
+    from ssl_jax.run import Run
+
+    for empty in ("", "  "):
+        with pytest.raises(ValueError, match="work directory is empty"):
+            Run(empty)

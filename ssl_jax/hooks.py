@@ -5,8 +5,9 @@ A hook has five moments, all optional (:class:`Hook`): ``start(loop)`` before th
 ``loop.metrics`` are the step's), ``end(loop)`` after the last step and ``close(loop)`` always,
 in reverse order. ``loop`` is :class:`ssl_jax.train.Loop`. The default hooks, in order:
 
-  FiniteLossGuard   collects the losses; :func:`check_finite` (called before anything is logged,
-                    monitored or saved) stops the run at the first NaN/Inf, saving nothing of it
+  FiniteLossGuard   collects the losses and parameter norms; :func:`check_finite` (called before
+                    anything is logged, monitored or saved) stops the run at the first NaN/Inf
+                    loss or weight, saving nothing of it
   KnnMonitorHook    the kNN monitor every ``config.eval_every`` steps (process 0)
   ProgressHook      console line, metrics.jsonl and TensorBoard every ``config.log_every`` steps
   CheckpointHook    a checkpoint every ``config.checkpoint_every`` steps and at the end
@@ -27,7 +28,7 @@ from ssl_jax import data, logs
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or Inf; the run stopped without saving the bad state."""
+    """The loss or the weights became NaN or Inf; the run stopped without saving the bad state."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -66,28 +67,36 @@ def due(loop: Any, every: int) -> bool:
 
 
 class FiniteLossGuard(Hook):
-    """Keeps the losses of the steps since the last check (device arrays: no sync per step)."""
+    """Keeps the losses and parameter norms of the steps since the last check (device arrays: no
+    sync per step). The parameter norm (``l2_params``, which every step computes) is NaN or Inf
+    as soon as one weight is: weights can diverge while the loss still looks finite (a SimCLR
+    loss at ln(2N - 1) with NaN features)."""
 
     def __init__(self):
         self.steps: list[int] = []
-        self.losses: list = []
+        self.values: list = []
 
     def after_step(self, loop: Any) -> None:
         self.steps.append(loop.step)
-        self.losses.append(loop.metrics["loss"])
+        self.values.append((loop.metrics["loss"], loop.metrics.get("l2_params", 0.0)))
 
     def check(self, loop: Any) -> None:
-        """Raise NonFiniteLossError at the first NaN/Inf loss since the last check."""
-        values = np.asarray(jax.device_get(self.losses), dtype=np.float64)
+        """Raise NonFiniteLossError at the first NaN/Inf loss or parameter since the last
+        check; the last checkpoint saved before it is named (none after it is ever written)."""
+        values = np.asarray(jax.device_get(self.values), dtype=np.float64).reshape(-1, 2)
         steps = self.steps
-        self.steps, self.losses = [], []
-        bad = np.flatnonzero(~np.isfinite(values))
+        self.steps, self.values = [], []
+        bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
         if not bad.size:
             return
+        loss, norm = values[bad[0]]
+        what = f"The loss is {loss}" if not np.isfinite(loss) else "The weights are NaN or Inf"
+        if np.isfinite(loss):
+            what += f" (l2 norm {norm}; the loss still reads {loss:.4f})"
         loop.ckpt.wait()
         kept = loop.ckpt.latest_step()
         raise NonFiniteLossError(
-            f"The loss is {float(values[bad[0]])} at step {steps[bad[0]]}; the run stopped there. "
+            f"{what} at step {steps[bad[0]]}; the run stopped there. "
             f"The last good checkpoint ({'step ' + str(kept) if kept is not None else 'none'}) "
             "is kept. Lower config.base_lr, raise config.warmup_steps or use float32 compute."
         )

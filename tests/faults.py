@@ -37,6 +37,27 @@ class SigintBeforeStep(Hook):
             os.kill(os.getpid(), self.signum)
 
 
+class PoisonWeightsAfterStep(Hook):
+    """After ``step``, one weight of the state becomes NaN, and the step's ``l2_params`` is
+    recomputed from that state (as if the update had diverged while the loss stayed finite)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def after_step(self, loop):
+        if loop.step != self.step:
+            return
+        import jax
+        import jax.numpy as jnp
+        import optax
+
+        leaves, treedef = jax.tree.flatten(loop.state.params)
+        leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].set(jnp.nan)
+        params = jax.tree.unflatten(treedef, leaves)
+        loop.state = loop.state.replace(params=params)
+        loop.metrics = {**loop.metrics, "l2_params": optax.tree.norm(params)}
+
+
 if __name__ == "__main__":
     from ssl_jax import cli
 

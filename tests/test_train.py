@@ -116,6 +116,19 @@ def test_nan_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_path):
     assert all(k < bad_step for k in kept)
 
 
+def test_nan_weights_under_a_finite_loss_stop_the_run_before_any_bad_save(tmp_path):
+    """The weights go NaN after step 5 while the loss is still finite: the run stops at step 5,
+    names the last good checkpoint (3) and never saves 5 or 6 (checkpoint_every=3)."""
+    from faults import PoisonWeightsAfterStep
+
+    config = tiny_config(total_steps=9, checkpoint_every=3, log_every=4)
+    with pytest.raises(NonFiniteLossError, match="weights are NaN or Inf") as info:
+        train(config, str(tmp_path), extra_hooks=[PoisonWeightsAfterStep(5)])
+    assert "at step 5" in str(info.value) and "(step 3)" in str(info.value)
+    assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == [3]
+    assert max(r["step"] for r in logs.read_metrics(str(tmp_path))) == 4
+
+
 def _run_cli(workdir, config, kill_before_step=None):
     """``ssl-jax pretrain`` in a process of its own (with tests/faults.py's kill hook if asked)."""
     env = {**os.environ, "PYTHONPATH": REPO}
@@ -233,3 +246,25 @@ def test_an_empty_workdir_is_an_error_naming_the_fix():
     for empty in ("", "  "):
         with pytest.raises(ValueError, match="work directory is empty"):
             Run(empty)
+
+
+def test_evaluate_and_embed_refuse_a_checkpoint_with_nan_weights(tmp_path):
+    """A checkpoint with a NaN weight (as runs that diverged before the guard covered the
+    weights saved) is refused by load_encoder (evaluate and embed) with a sentence naming it."""
+    import jax.numpy as jnp
+
+    from ssl_jax.evaluation import load_encoder
+    from ssl_jax.run import Run
+
+    train(tiny_config(total_steps=2, checkpoint_every=2), str(tmp_path))
+    run = Run(str(tmp_path))
+    state = run.restore_state()
+    leaves, treedef = jax.tree.flatten(state.params)
+    leaves[-1] = leaves[-1] * jnp.nan
+    bad = state.replace(params=jax.tree.unflatten(treedef, leaves), step=jnp.asarray(3))
+    ckpt = run.checkpointer(async_save=False)
+    ckpt.save(3, bad, {})
+    ckpt.close()
+    with pytest.raises(ValueError, match="checkpoint of step 3 in .* has NaN or Inf weights"):
+        load_encoder(str(tmp_path))
+    assert load_encoder(str(tmp_path), step=2).step == 2  # the earlier one still loads

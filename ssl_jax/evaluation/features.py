@@ -209,11 +209,26 @@ def load_encoder(workdir: str, *, step: int | str | None = None) -> Encoder:
     Raises:
       FileNotFoundError: no config.json, no checkpoint, or no checkpoint of that step.
       TypeError: ``step`` is neither None, an int nor a string of an int.
+      ValueError: the checkpoint's weights are not all finite.
     """
     run = Run(workdir)
     config = run.config
     state = run.restore_state(step, config=config)
+    _check_finite_weights(state, run.workdir)
     return encoder_from_state(config, state, workdir=run.workdir)
+
+
+def _check_finite_weights(state: Any, workdir: str) -> None:
+    """A ValueError naming the checkpoint when any weight or statistic is NaN or Inf (a run that
+    diverged before the NaN guard covered the weights saved such checkpoints)."""
+    trees = (state.params, state.batch_stats)
+    finite = all(bool(np.isfinite(np.asarray(x)).all()) for x in jax.tree.leaves(trees))
+    if not finite:
+        step = int(np.asarray(state.step))
+        raise ValueError(
+            f"The checkpoint of step {step} in {workdir} has NaN or Inf weights (the run "
+            "diverged): pass an earlier checkpoint with --step, or retrain with a lower lr."
+        )
 
 
 def extract_features(

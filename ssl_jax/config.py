@@ -263,6 +263,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         crops.local_crops,
         f"method {c.method!r} does not use local crops ({', '.join(multi)} do): set it to 0",
     )
+    _require(0 <= c.momentum < 1, "momentum", c.momentum, "must be in [0, 1) (0.9 is usual)")
     _require(
         c.weight_decay_end is None or (c.weight_decay_end >= 0 and c.optimizer != "lars"),
         "weight_decay_end",

@@ -43,6 +43,11 @@ class Run:
                 "run's directory."
             )
         object.__setattr__(self, "workdir", os.path.abspath(self.workdir))
+        if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
+            raise ValueError(
+                f"The work directory {self.workdir} is a file: choose a directory (it is made if "
+                "missing)."
+            )
 
     @property
     def config_path(self) -> str:

@@ -143,3 +143,11 @@ def test_old_config_json_fields_load_under_their_new_names():
     assert config.model.convnet.features == (8, 16) and config.model.convnet.grid == 2
     assert config.model.convnet.head_pools is True
     config_lib.validate(config)
+
+
+@pytest.mark.parametrize("value", [2.0, 1.0, -0.1])
+def test_momentum_outside_0_1_is_rejected(value):
+    c = config_lib.base_config()
+    c.momentum = value
+    with pytest.raises(ValueError, match=f"config.momentum={value!r} is invalid: must be in"):
+        config_lib.validate(c)

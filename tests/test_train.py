@@ -240,12 +240,15 @@ def test_a_second_run_on_a_live_workdir_is_refused_and_a_stale_lock_taken_over(t
     assert [r["step"] for r in logs.read_metrics(str(tmp_path))] == [1, 2]
 
 
-def test_an_empty_workdir_is_an_error_naming_the_fix():
+def test_an_empty_workdir_or_a_file_is_an_error_naming_the_fix(tmp_path):
     from ssl_jax.run import Run
 
     for empty in ("", "  "):
         with pytest.raises(ValueError, match="work directory is empty"):
             Run(empty)
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match="is a file: choose a directory"):
+        Run(str(tmp_path / "f"))
 
 
 def test_evaluate_and_embed_refuse_a_checkpoint_with_nan_weights(tmp_path):

@@ -29,3 +29,20 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)
+
+
+import pytest  # noqa: E402
+from jax.sharding import AxisType  # noqa: E402
+
+
+@pytest.fixture(scope="module", params=["explicit", "auto"])
+def mesh(request):
+    """The 8 fake devices as a 1-D ``'data'`` mesh, once with ``jax.make_mesh``'s default
+    (Explicit) axis types and once with Auto axes: the losses must be right on both. A module
+    may define its own ``mesh`` instead."""
+    assert jax.device_count() == 8, "the 8 fake CPU devices above are missing"
+    if request.param == "explicit":
+        m = jax.make_mesh((8,), ("data",))
+        assert m.axis_types == (AxisType.Explicit,)
+        return m
+    return jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import AxisType, NamedSharding
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
@@ -265,16 +265,6 @@ def test_jit_vmap():
 
 
 # ----------------------------------------------------------------------------- 8 devices
-
-
-@pytest.fixture(scope="module", params=["explicit", "auto"])
-def mesh(request):
-    assert jax.device_count() == N_DEV, "tests/conftest.py should fake 8 CPU devices"
-    if request.param == "explicit":  # jax.make_mesh's default axis types
-        m = jax.make_mesh((N_DEV,), ("data",))
-        assert m.axis_types == (AxisType.Explicit,)
-        return m
-    return jax.make_mesh((N_DEV,), ("data",), axis_types=(AxisType.Auto,))
 
 
 def _local_fns(axis_name):

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import AxisType, NamedSharding
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
@@ -135,16 +135,6 @@ def test_bad_shapes_raise():
 
 
 # ----------------------------------------------------------------------------- 8 devices
-
-
-@pytest.fixture(scope="module", params=["explicit", "auto"])
-def mesh(request):
-    assert jax.device_count() == N_DEV, "tests/conftest.py should fake 8 CPU devices"
-    if request.param == "explicit":  # jax.make_mesh's default axis types
-        m = jax.make_mesh((N_DEV,), ("data",))
-        assert m.axis_types == (AxisType.Explicit,)
-        return m
-    return jax.make_mesh((N_DEV,), ("data",), axis_types=(AxisType.Auto,))
 
 
 _global_value_and_grads = jax.jit(jax.value_and_grad(simsiam_loss, argnums=(0, 1, 2, 3)))

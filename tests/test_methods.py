@@ -196,10 +196,11 @@ def test_barlow_twins_bias_lr_scale_scales_only_biases_and_norms():
         np.testing.assert_allclose(half[p], base[p], rtol=1e-5, atol=1e-8)
 
 
-@pytest.mark.parametrize("method", ["simclr", "byol", "moco_v3"])
+@pytest.mark.parametrize("method", ["byol", "moco_v3"])
 def test_multi_crop_adds_the_local_crops_to_the_loss(method):
     """2 + 2 crops: the step runs with the local crops in the loss (a different value from the
-    same state, batch and key with two crops), and its metrics stay finite."""
+    same state, batch and key with two crops), and its metrics stay finite. (SimCLR's multi-crop
+    loss is checked against a float64 reference below; DINO's step in tests/test_dino.py.)"""
     import jax
 
     from ssl_jax.methods import get_method

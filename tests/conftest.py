@@ -4,10 +4,10 @@ Eight fake CPU devices are made before JAX is imported anywhere, so data-paralle
 8 devices, shard_map, pmap) is tested in the same process as single-device code; computations that
 do not ask for a mesh still run on device 0 only.
 
-The ``ssl-jax`` processes that tests start share a persistent compilation cache made for this test
-session (and removed at its end), through the environment (this process itself does not use it,
-see below): a killed run's restart, or the second of two processes, loads the train step the
-first compiled instead of compiling it again (one tiny pretraining process took 16.6 s without
+Compiled programs go to a persistent compilation cache made for this test session (and removed at
+its end), which the ``ssl-jax`` processes that tests start inherit through the environment: a
+killed run's restart, or the second of two processes, loads the train step the first compiled
+instead of compiling it again (one tiny pretraining process took 16.6 s without
 it, 3.5 s with it on the 2-core CPU). The cache only skips compilations; what the programs
 compute is unchanged.
 """
@@ -30,16 +30,22 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)
-# This process itself compiles without the persistent cache: in the full suite (2026-12-05) a
-# cache read in tests/test_train.py crashed twice inside XLA's executable deserialization (an
-# abort, then a segfault), while every subset of the suite tried passed; the jit caches already
-# spare this process its recompilations. The ssl-jax processes the tests start still share the
-# cache through the environment variable above, which is what it is for.
-jax.config.update("jax_compilation_cache_dir", None)
 
 
 import pytest  # noqa: E402
 from jax.sharding import AxisType  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _drop_compiled_programs():
+    """Drop every compiled program when a test module ends (``jax.clear_caches``). XLA:CPU maps
+    each executable's code into memory, and the whole suite in one process went past the
+    kernel's limit of 65,530 mappings (``vm.max_map_count``): two modules of ViT/DINO tests
+    alone left 5,400 mappings (700 after clearing), and the full suite crashed at ~93% inside
+    XLA (an abort in executable deserialization, then segfaults in compilation). Later modules
+    recompile what they need, from the persistent cache above when it has it."""
+    yield
+    jax.clear_caches()
 
 
 @pytest.fixture(scope="module", params=["explicit", "auto"])

@@ -16,9 +16,9 @@ from typing import Any
 import jax
 from flax import nnx
 
-from ssl_jax import losses, models
+from ssl_jax import losses
 from ssl_jax.methods import network as network_lib
-from ssl_jax.methods.ema import EMATarget, cosine_tau
+from ssl_jax.methods.ema import cosine_tau
 from ssl_jax.methods.state import (
     TrainState,
     embedding_std,
@@ -52,26 +52,8 @@ def target_decay(step: jax.Array, base_tau: float, total_steps: int) -> jax.Arra
 
 def init_state(config: Any, key: jax.Array) -> TrainState:
     """A fresh BYOL state; the target starts as an exact copy of the online encoder+projector."""
-    rngs = nnx.Rngs(params=key)
-    network = network_lib.build_network(config, rngs)
-    m = config.model
-    predictor = models.Predictor(
-        m.projector_dim,
-        m.predictor_hidden,
-        m.projector_dim,
-        dtype=network_lib.compute_dtype(config),
-        rngs=rngs,
-    )
-    online = network_lib.PredictorNetwork(network, predictor)
-    online.train()
-    tx, schedule = network_lib.optimizer_for(config, online)
-    return TrainState.create(
-        online,
-        tx=tx,
-        schedule=schedule,
-        settings=network_lib.step_settings(config),
-        hparams=Hparams(**config.byol),
-        target=EMATarget.of(network),
+    return network_lib.init_predictor_state(
+        config, key, Hparams(**config.byol), momentum_target=True
     )
 
 

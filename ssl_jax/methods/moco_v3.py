@@ -20,9 +20,9 @@ from typing import Any
 import jax
 from flax import nnx
 
-from ssl_jax import losses, models
+from ssl_jax import losses
 from ssl_jax.methods import network as network_lib
-from ssl_jax.methods.ema import EMATarget, cosine_tau
+from ssl_jax.methods.ema import cosine_tau
 from ssl_jax.methods.state import (
     TrainState,
     embedding_std,
@@ -57,29 +57,9 @@ class Hparams:
 
 def init_state(config: Any, key: jax.Array) -> TrainState:
     """A fresh MoCo v3 state; the momentum network starts as an exact copy of the query's
-    encoder + projector."""
-    rngs = nnx.Rngs(params=key)
-    network = network_lib.build_network(config, rngs)
-    m = config.model
-    predictor = models.ProjectionMLP(
-        m.projector_dim,
-        m.predictor_hidden,
-        m.projector_dim,
-        num_layers=2,
-        last_bn=True,
-        dtype=network_lib.compute_dtype(config),
-        rngs=rngs,
-    )
-    query = network_lib.PredictorNetwork(network, predictor)
-    query.train()
-    tx, schedule = network_lib.optimizer_for(config, query)
-    return TrainState.create(
-        query,
-        tx=tx,
-        schedule=schedule,
-        settings=network_lib.step_settings(config),
-        hparams=Hparams(**config.moco_v3),
-        target=EMATarget.of(network),
+    encoder + projector. The predictor ends with BatchNorm, as the paper's heads."""
+    return network_lib.init_predictor_state(
+        config, key, Hparams(**config.moco_v3), last_bn=True, momentum_target=True
     )
 
 

@@ -15,6 +15,7 @@ import optax
 from flax import nnx
 
 from ssl_jax import augment, models
+from ssl_jax.methods.ema import EMATarget
 from ssl_jax.methods.state import StepSettings, TrainState
 from ssl_jax.optim import LrGroup, make_optimizer
 
@@ -137,6 +138,44 @@ def init_network_state(
     tx, schedule = optimizer_for(config, network, group)
     return TrainState.create(
         network, tx=tx, schedule=schedule, settings=step_settings(config), hparams=hparams
+    )
+
+
+def init_predictor_state(
+    config: Any,
+    key: jax.Array,
+    hparams: Any,
+    *,
+    last_bn: bool = False,
+    momentum_target: bool = False,
+    group: LrGroup | None = None,
+) -> TrainState:
+    """A step-0 TrainState training a PredictorNetwork: the SSLNetwork and a 2-layer BN predictor
+    (``projector_dim -> predictor_hidden -> projector_dim``, BatchNorm after its last layer when
+    ``last_bn``), in train mode; with ``momentum_target`` an EMA copy of the SSLNetwork as the
+    target. The whole state of BYOL, SimSiam and MoCo v3."""
+    rngs = nnx.Rngs(params=key)
+    network = build_network(config, rngs)
+    m = config.model
+    predictor = models.ProjectionMLP(
+        m.projector_dim,
+        m.predictor_hidden,
+        m.projector_dim,
+        num_layers=2,
+        last_bn=last_bn,
+        dtype=compute_dtype(config),
+        rngs=rngs,
+    )
+    module = PredictorNetwork(network, predictor)
+    module.train()
+    tx, schedule = optimizer_for(config, module, group)
+    return TrainState.create(
+        module,
+        tx=tx,
+        schedule=schedule,
+        settings=step_settings(config),
+        hparams=hparams,
+        target=EMATarget.of(network) if momentum_target else None,
     )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from ssl_jax import losses, models
+from ssl_jax import losses
 from ssl_jax.methods import network as network_lib
 from ssl_jax.methods.state import TrainState, embedding_std, make_views, step_key
 from ssl_jax.optim import LrGroup, TopLevel
@@ -41,28 +41,9 @@ class Hparams:
 
 def init_state(config: Any, key: jax.Array) -> TrainState:
     """A fresh SimSiam state from the config and a PRNG key."""
-    rngs = nnx.Rngs(params=key)
-    network = network_lib.build_network(config, rngs)
-    m = config.model
-    predictor = models.Predictor(
-        m.projector_dim,
-        m.predictor_hidden,
-        m.projector_dim,
-        dtype=network_lib.compute_dtype(config),
-        rngs=rngs,
-    )
-    module = network_lib.PredictorNetwork(network, predictor)
-    module.train()
     hp = Hparams(**config.simsiam)
     group = LrGroup(TopLevel("predictor"), constant=True) if hp.fix_predictor_lr else None
-    tx, schedule = network_lib.optimizer_for(config, module, group)
-    return TrainState.create(
-        module,
-        tx=tx,
-        schedule=schedule,
-        settings=network_lib.step_settings(config),
-        hparams=hp,
-    )
+    return network_lib.init_predictor_state(config, key, hp, group=group)
 
 
 def train_step(

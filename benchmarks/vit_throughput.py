@@ -271,8 +271,13 @@ def torch_encoder(config: Any) -> tuple[Any, int]:
         if m.vit.pool != "cls" or m.vit.image_size != config.image_size:
             raise ValueError("the torch peer is timm's ViT: class-token pooling, one input size")
         net = timm.create_model(
-            f"{name}_patch{m.vit.patch_size}_224", num_classes=0, img_size=config.image_size
+            f"{name}_patch{m.vit.patch_size}_224",
+            num_classes=0,
+            img_size=config.image_size,
+            drop_path_rate=m.vit.drop_path,
         )
+        if config.method == "moco_v3" and config.moco_v3.freeze_patch_embed:
+            net.patch_embed.requires_grad_(False)  # the paper's frozen random patch projection
         return net, net.num_features
     raise ValueError(f"no torch peer for encoder {name!r}")
 

@@ -59,3 +59,18 @@ def mesh(request):
         assert m.axis_types == (AxisType.Explicit,)
         return m
     return jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+
+
+@pytest.fixture
+def vit_micro():
+    """A 2-block, width-16 ViT registered as the encoder ``vit_micro`` (the registry is the
+    plug-in point): a ViT through a method at a fraction of ViT-Tiny's compile time."""
+    import functools
+
+    from ssl_jax.models.registry import ENCODERS, EncoderEntry
+    from ssl_jax.models.vit import VisionTransformer, ViTSettings
+
+    build = functools.partial(VisionTransformer, width=16, depth=2, heads=2)
+    ENCODERS.add("vit_micro", EncoderEntry(block="vit", settings=ViTSettings, constructor=build))
+    yield "vit_micro"
+    ENCODERS.remove("vit_micro")

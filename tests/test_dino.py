@@ -130,6 +130,7 @@ def test_a_tiny_vit_dino_run_with_two_local_crops(tmp_path):
             "model.encoder": "vit_tiny",
             "model.vit.patch_size": 4,
             "model.vit.image_size": 16,
+            "model.vit.drop_path": 0.1,  # the student's only: the train step gives it a key
         },
     )
     start = dino.init_state(config, jax.random.key(config.seed))

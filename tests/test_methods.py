@@ -73,17 +73,26 @@ def test_recipes_build_and_validate(method, data):
     assert "ssl-jax pretrain --config configs/" + path.name in module.__doc__
 
 
-def test_moco_v3_momentum_network_follows_the_query_network(tmp_path):
+def test_moco_v3_momentum_network_follows_the_query_network(tmp_path, vit_micro):
     """Step 0: the key network is a copy; after the steps it is the EMA (momentum 0.99 -> 1),
     different from its start, and the loss is within the 2 tau-scaled cross-entropy's range: each
-    of the two terms is 2 tau * CE with CE in [0, log N + 2 / tau] (cosines in [-1, 1])."""
+    of the two terms is 2 tau * CE with CE in [0, log N + 2 / tau] (cosines in [-1, 1]). On a ViT
+    with the paper's frozen patch projection: that projection never moves, in either network."""
     import math
 
     import jax
 
     from ssl_jax.methods import get_method
 
-    config = tiny_config("moco_v3", total_steps=3, num_devices=1)
+    vit = {"model.encoder": vit_micro, "model.vit.patch_size": 8, "model.vit.image_size": 16}
+    config = tiny_config(
+        "moco_v3", total_steps=3, num_devices=1, optimizer="adamw", base_lr=1e-3, **vit,
+        **{"moco_v3.freeze_patch_embed": True, "model.vit.drop_path": 0.1},
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="freeze_patch_embed=True .* use a vit_"):
+        get_method("moco_v3").init_state(
+            tiny_config("moco_v3", **{"moco_v3.freeze_patch_embed": True}), jax.random.key(0)
+        )
     start = get_method("moco_v3").init_state(config, jax.random.key(0))
     leaves = lambda tree: jax.tree.leaves(tree)  # noqa: E731
     for a, b in zip(leaves(start.target.params), leaves(start.params["network"]), strict=True):
@@ -95,6 +104,12 @@ def test_moco_v3_momentum_network_follows_the_query_network(tmp_path):
         for a, b in zip(leaves(state.target.params), leaves(start.target.params), strict=True)
     ]
     assert max(moved) > 0
+    for tree, before in [(state.params["network"], start.params["network"])] * 2 + [
+        (state.target.params, start.target.params)
+    ]:
+        kernel = lambda t: np.asarray(t["encoder"]["patch_embed"]["kernel"])  # noqa: E731
+        np.testing.assert_array_equal(kernel(tree), kernel(before))
+        np.testing.assert_array_equal(kernel(tree), kernel(start.params["network"]))
     records = logs.read_metrics(str(tmp_path))
     tau = config.moco_v3.temperature
     bound = 2 * 2 * tau * (math.log(config.batch_size) + 2 / tau)

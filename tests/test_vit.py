@@ -12,7 +12,9 @@ from flax import nnx
 
 from ssl_jax import config as config_lib
 from ssl_jax import models
+from ssl_jax.methods.ema import EMATarget
 from ssl_jax.models import VisionTransformer, ViTBase, ViTSmall, ViTTiny
+from ssl_jax.models.stochastic_depth import DropPath, key_scope
 
 
 def _count(module) -> int:
@@ -143,3 +145,39 @@ def test_no_weight_decay_on_position_embeddings_class_token_norms_and_biases():
     decayed = {k for k, v in flat.items() if v}
     assert decayed and all("kernel" in k for k in decayed)
     assert all(not v for k, v in flat.items() if "pos_embed" in k or "cls_token" in k)
+
+
+# ----------------------------------------------------------------------------- drop-path
+
+
+def test_drop_path_drops_whole_samples_and_rescales_the_kept_ones():
+    drop = DropPath(0.25)
+    x = jnp.ones((4000, 3, 2))
+    with key_scope(jax.random.key(0)):
+        y, y2 = np.asarray(drop(x)), np.asarray(drop(x))
+    rows = y.reshape(4000, -1)
+    assert set(np.unique(rows)) <= {0.0, np.float32(1 / 0.75)}
+    assert (rows == rows[:, :1]).all()  # a sample is dropped or kept as a whole
+    dropped = (rows[:, 0] == 0).mean()
+    assert abs(dropped - 0.25) < 4 * np.sqrt(0.25 * 0.75 / 4000)
+    assert not np.array_equal(y, y2)  # two calls in one step draw two masks
+    with key_scope(jax.random.key(0)):
+        np.testing.assert_array_equal(np.asarray(drop(x)), y)  # the same key, the same mask
+
+
+def test_vit_drop_path_rates_rise_linearly_and_are_training_only():
+    kw = dict(width=8, depth=4, heads=2, patch_size=4, image_size=8, in_channels=1)
+    vit = VisionTransformer(**kw, drop_path=0.3, rngs=nnx.Rngs(0))
+    rates = [block.drop_path.rate for block in vit.blocks]
+    np.testing.assert_allclose(rates, np.linspace(0, 0.3, 4))  # timm's / DINO's schedule
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 8, 8, 1)), jnp.float32)
+    with pytest.raises(RuntimeError, match="key_scope"):
+        vit(x)  # train mode without a key: an error, never a silent no-op
+    with key_scope(jax.random.key(1)):
+        trained = vit(x)
+    plain = VisionTransformer(**kw, rngs=nnx.Rngs(0))
+    assert float(jnp.abs(trained - plain(x)).max()) > 1e-3  # some branches were dropped
+    target = EMATarget.of(vit).module()  # a teacher / momentum encoder: no drop-path
+    np.testing.assert_allclose(target(x), plain(x), rtol=1e-6)
+    vit.eval()
+    np.testing.assert_allclose(vit(x), plain(x), rtol=1e-6)

@@ -36,6 +36,7 @@ from ssl_jax.methods.state import (
     make_views,
     rows_as_crops,
     step_key,
+    zero_named,
 )
 
 LOSS_SCOPES = ("dino_loss",)
@@ -131,18 +132,6 @@ def clip_per_tensor(grads: Any, max_norm: float | None) -> Any:
     return jax.tree.map(clip, grads)
 
 
-def zero_last_layer(tree: Any, frozen: jax.Array) -> Any:
-    """``tree`` (gradients or updates of the student) with the head's last layer zeroed while
-    ``frozen``: no gradient into the optimizer's moments and no update, weight decay included
-    (the official code drops those gradients, which PyTorch's AdamW then skips)."""
-
-    def zero(path: tuple, x: jax.Array) -> jax.Array:
-        names = {getattr(k, "key", None) for k in path}
-        return jnp.where(frozen, 0.0, x).astype(x.dtype) if "last_layer" in names else x
-
-    return jax.tree_util.tree_map_with_path(zero, tree)
-
-
 def train_step(
     state: TrainState, batch: dict, key: jax.Array
 ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -185,9 +174,9 @@ def train_step(
 
     (loss, (batch_stats, h)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     frozen = state.step < hp.freeze_last_layer_steps
-    grads = zero_last_layer(clip_per_tensor(grads, hp.clip_grad), frozen)
+    grads = zero_named(clip_per_tensor(grads, hp.clip_grad), "last_layer", frozen)
     new_state, metrics = state.apply_gradients(
-        grads, scale_updates=lambda u: zero_last_layer(u, frozen), batch_stats=batch_stats
+        grads, scale_updates=lambda u: zero_named(u, "last_layer", frozen), batch_stats=batch_stats
     )
     momentum = cosine_tau(state.step, hp.base_momentum, settings.total_steps)
     target = state.target.update(new_state.params, momentum, teacher_stats)

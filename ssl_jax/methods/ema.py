@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from ssl_jax.models.stochastic_depth import DropPath
+
 
 @struct.dataclass
 class EMATarget:
@@ -38,8 +40,11 @@ class EMATarget:
 
     def module(self) -> nnx.Module:
         """The target network (a fresh module per call; its statistics update on a forward
-        pass in train mode: read them back with ``nnx.state(module, nnx.BatchStat)``)."""
-        return nnx.merge(self.graphdef, self.params, self.batch_stats, copy=True)
+        pass in train mode: read them back with ``nnx.state(module, nnx.BatchStat)``). Its
+        drop-path layers are off, as DINO's teacher and MoCo v3's momentum encoder."""
+        module = nnx.merge(self.graphdef, self.params, self.batch_stats, copy=True)
+        module.set_attributes(DropPath, deterministic=True, raise_if_not_found=False)
+        return module
 
     def update(self, online_params: Any, tau: jax.Array, batch_stats: Any = None) -> EMATarget:
         """``tau * target + (1 - tau) * online`` for the parameters (the ops carry the name

@@ -15,6 +15,7 @@ goes through the networks on its own, as in the official code.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -30,6 +31,7 @@ from ssl_jax.methods.state import (
     make_views,
     rows_as_crops,
     step_key,
+    zero_named,
 )
 
 LOSS_SCOPES = ("moco_v3_loss",)
@@ -42,6 +44,8 @@ class Hparams:
 
     temperature: float = 0.2  # of the InfoNCE logits (the paper: 0.2 for ViT, 1.0 for ResNet-50)
     base_momentum: float = 0.99  # momentum of the key network at step 0 (rises to 1)
+    # The paper's ViT stability trick (sec. 4.2): the patch projection stays at its random init.
+    freeze_patch_embed: bool = False
 
     def validate(self) -> None:
         if not self.temperature > 0:
@@ -58,9 +62,16 @@ class Hparams:
 def init_state(config: Any, key: jax.Array) -> TrainState:
     """A fresh MoCo v3 state; the momentum network starts as an exact copy of the query's
     encoder + projector. The predictor ends with BatchNorm, as the paper's heads."""
-    return network_lib.init_predictor_state(
+    state = network_lib.init_predictor_state(
         config, key, Hparams(**config.moco_v3), last_bn=True, momentum_target=True
     )
+    paths = jax.tree_util.tree_flatten_with_path(state.params)[0]
+    if state.hparams.freeze_patch_embed and not any("patch_embed" in str(p) for p, _ in paths):
+        raise ValueError(
+            "config.moco_v3.freeze_patch_embed=True freezes a ViT's patch projection, but "
+            f"config.model.encoder={config.model.encoder!r} has none: use a vit_* encoder."
+        )
+    return state
 
 
 def train_step(
@@ -102,7 +113,10 @@ def train_step(
         return loss, (nnx.state(query, nnx.BatchStat), z1)
 
     (loss, (batch_stats, z1)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    new_state, metrics = state.apply_gradients(grads, batch_stats=batch_stats)
+    freeze = functools.partial(zero_named, name="patch_embed", when=hp.freeze_patch_embed)
+    new_state, metrics = state.apply_gradients(
+        freeze(grads), scale_updates=freeze, batch_stats=batch_stats
+    )
     momentum = cosine_tau(state.step, hp.base_momentum, state.settings.total_steps)
     target = state.target.update(new_state.params["network"], momentum, target_batch_stats)
     metrics.update(

@@ -151,6 +151,24 @@ class TrainState:
         )
 
 
+def zero_named(tree: Any, name: str, when: jax.Array | bool = True) -> Any:
+    """``tree`` (gradients or updates of a network) with every leaf under a node called
+    ``name`` zeroed ``when`` true: a frozen part gets no gradient into the optimizer's moments
+    and no update, weight decay included (as PyTorch's optimizers skip a parameter without a
+    gradient). DINO freezes its head's ``last_layer`` early on, MoCo v3 its ViT's
+    ``patch_embed``."""
+
+    if when is False:
+        return tree
+
+    def zero(path: tuple, x: jax.Array) -> jax.Array:
+        if name not in {getattr(k, "key", None) for k in path}:
+            return x
+        return jnp.zeros_like(x) if when is True else jnp.where(when, 0.0, x).astype(x.dtype)
+
+    return jax.tree_util.tree_map_with_path(zero, tree)
+
+
 def step_key(key: jax.Array, step: jax.Array) -> jax.Array:
     """Fresh randomness for every step from one run key: never reuse a key."""
     return jax.random.fold_in(key, step)

@@ -23,7 +23,12 @@ ViT-B 85,798,656 (ViT-L 303,301,632).
 - Initialisation as DINO's: truncated normal (std 0.02) for the linear layers, the position
   embeddings and the class token; zero biases; LayerNorm scales 1.
 
-Not here yet: drop-path (stochastic depth) and layer scale.
+- Drop-path (stochastic depth, ``drop_path``): the rate rises linearly over the blocks from 0
+  to ``drop_path`` (timm's and DINO's schedule); each block drops its attention and its MLP
+  branch per sample (:class:`ssl_jax.models.stochastic_depth.DropPath`). Training only: the
+  train step supplies the key, evaluation and EMA targets/teachers run without it.
+
+Not here yet: layer scale.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from flax import nnx
 
 from ssl_jax.models.layers import check_image_input
 from ssl_jax.models.registry import ENCODERS, EncoderEntry
+from ssl_jax.models.stochastic_depth import DropPath
 
 POOLS = ("cls", "mean")
 LN_EPSILON = 1e-6  # timm's and DINO's
@@ -80,17 +86,20 @@ class Attention(nnx.Module):
 class Block(nnx.Module):
     """A pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, **kw: Any):
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0, **kw: Any
+    ):
         self.norm1 = _layer_norm(dim, **kw)
         self.attn = Attention(dim, heads, **kw)
         self.norm2 = _layer_norm(dim, **kw)
         hidden = int(dim * mlp_ratio)
         self.fc1 = _linear(dim, hidden, **kw)
         self.fc2 = _linear(hidden, dim, **kw)
+        self.drop_path = DropPath(drop_path)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x + self.attn(self.norm1(x))
-        return x + self.fc2(nnx.gelu(self.fc1(self.norm2(x)), approximate=False))
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.fc2(nnx.gelu(self.fc1(self.norm2(x)), approximate=False)))
 
 
 class VisionTransformer(nnx.Module):
@@ -105,6 +114,7 @@ class VisionTransformer(nnx.Module):
         final LayerNorm.
       in_channels: channels of the input images.
       mlp_ratio: the MLP's hidden width over ``width``.
+      drop_path: the stochastic-depth rate of the last block (linear from 0 over the blocks).
       dtype: compute dtype (bfloat16 for speed); parameters stay in ``param_dtype`` and the
         features are float32.
       conv_impl: accepted for the encoder interface and unused (there is no convolution).
@@ -131,6 +141,7 @@ class VisionTransformer(nnx.Module):
         pool: str = "cls",
         in_channels: int = 3,
         mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
         conv_impl: str = "auto",
@@ -160,7 +171,8 @@ class VisionTransformer(nnx.Module):
         self.pos_embed = nnx.Param(
             trunc_normal(rngs.params(), (1, 1 + self.grid**2, width), param_dtype)
         )
-        self.blocks = nnx.List([Block(width, heads, mlp_ratio, **kw) for _ in range(depth)])
+        rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nnx.List([Block(width, heads, mlp_ratio, rate, **kw) for rate in rates])
         self.norm = _layer_norm(width, **kw)
 
     def patchify(self, x: jax.Array) -> jax.Array:
@@ -214,6 +226,7 @@ class ViTSettings:
     patch_size: int = 16  # 16 or 8 at 224 px; 4 or 2 for 28-32 px images
     image_size: int = 224  # the side the position embeddings are laid out for (global crops)
     pool: str = "cls"  # cls (the class token) | mean (the patch tokens' mean)
+    drop_path: float = 0.0  # stochastic depth of the last block (DINO's ViT-S: 0.1)
 
     def validate(self) -> None:
         if not (self.patch_size >= 1 and self.image_size >= 1):
@@ -228,10 +241,17 @@ class ViTSettings:
             )
         if self.pool not in POOLS:
             raise ValueError(f"config.model.vit.pool={self.pool!r} is invalid: use cls or mean.")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ValueError(
+                f"config.model.vit.drop_path={self.drop_path!r} is invalid: it must be in [0, 1)."
+            )
 
     def kwargs(self) -> dict[str, Any]:
         return dict(
-            patch_size=int(self.patch_size), image_size=int(self.image_size), pool=self.pool
+            patch_size=int(self.patch_size),
+            image_size=int(self.image_size),
+            pool=self.pool,
+            drop_path=float(self.drop_path),
         )
 
 

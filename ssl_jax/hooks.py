@@ -9,7 +9,8 @@ in reverse order. ``loop`` is :class:`ssl_jax.train.Loop`. The default hooks, in
                     anything is logged, monitored or saved) stops the run at the first NaN/Inf
                     loss or weight, saving nothing of it
   KnnMonitorHook    the kNN monitor every ``config.eval_every`` steps (process 0)
-  ProgressHook      console line, metrics.jsonl and TensorBoard every ``config.log_every`` steps
+  ProgressHook      console line, metrics.jsonl and TensorBoard every ``config.log_every`` steps,
+                    and a console line at least every 30 s (a bar on a terminal)
   CheckpointHook    a checkpoint every ``config.checkpoint_every`` steps and at the end
   StopOnSignal      a first Ctrl-C, SIGTERM or SIGHUP saves the last completed step and stops
 """
@@ -130,31 +131,105 @@ class KnnMonitorHook(Hook):
             loop.writer.write(loop.step, knn)
 
 
+# The longest the console stays quiet between progress lines while steps run, whatever
+# config.log_every (a CPU run of a big recipe may take an hour per log_every steps).
+QUIET_S = 30.0
+
+
 class ProgressHook(Hook):
     """Every ``config.log_every`` steps and at the end: the metrics (with images/s and epoch) to
-    metrics.jsonl and TensorBoard, and the progress line."""
+    metrics.jsonl and TensorBoard, and the progress line. Between those, a progress line
+    whenever ``quiet_s`` seconds passed since the last one (the console only, not the metrics:
+    the loss is fetched then, one device sync per ``quiet_s``; reading the clock is free). Before
+    the first step it says that the step compiles. On a terminal (``bar``: None asks
+    :func:`ssl_jax.logs.is_terminal`) a tqdm bar moves with every step and the time-based lines
+    go to the run's log only; ``clock`` is for tests."""
+
+    def __init__(self, quiet_s: float = QUIET_S, *, bar: bool | None = None, clock=None):
+        self.quiet_s = quiet_s
+        self.clock = clock or time.perf_counter
+        self.want_bar = bar
+        self.bar: logs.TerminalBar | None = None
+        self.last_line = 0.0  # when the last progress line was printed (self.clock)
+        self.compiling: logs.StillRunning | None = None  # until the first step has run
+
+    def start(self, loop: Any) -> None:
+        self.last_line = self.clock()
+        if loop.writer is None:  # not process 0
+            return
+        c = loop.config
+        if loop.start_step < c.total_steps:
+            logs.console(
+                f"compiling the train step (then steps {loop.start_step + 1}-{c.total_steps}) ..."
+            )
+            self.compiling = logs.StillRunning("compiling the train step", every=self.quiet_s)
+            self.compiling.__enter__()
+        if logs.is_terminal() if self.want_bar is None else self.want_bar:
+            self.bar = logs.TerminalBar(c.total_steps, initial=loop.start_step)
 
     def after_step(self, loop: Any) -> None:
+        now = self.clock()
+        if loop.step == loop.start_step + 1:
+            self._compiled()
+            self.last_line = now  # the loop just said how long the first step's compile took
+        if due(loop, loop.config.log_every):
+            self._log(loop)
+        elif loop.writer is not None and now - self.last_line >= self.quiet_s:
+            self._time_line(loop)
+        if self.bar is not None:
+            self.bar.update(loop.step)
+
+    def close(self, loop: Any) -> None:
+        self._compiled()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def _compiled(self) -> None:
+        if self.compiling is not None:
+            self.compiling.__exit__(None, None, None)
+            self.compiling = None
+
+    def _speed(self, loop: Any, now: float) -> tuple[float, float | None]:
+        """Images/s since the last logged step (hook time excluded) and the ETA: None while no
+        step is timed (the first step, its compile excluded)."""
         c = loop.config
-        if not due(loop, c.log_every):
-            return
+        elapsed = now - loop.t_mark - loop.untimed_s
+        ips = (loop.step - loop.step_mark) * c.batch_size / max(elapsed, 1e-9)
+        eta = (c.total_steps - loop.step) * c.batch_size / ips if ips > 0 else None
+        return ips, eta
+
+    def _line(self, loop: Any, loss: float, ips: float, eta: float | None) -> str:
+        epoch = loop.step / loop.iterator.steps_per_epoch
+        return logs.progress_line(loop.step, loop.config.total_steps, epoch, loss, ips, eta)
+
+    def _log(self, loop: Any) -> None:
         check_finite(loop)
         host = {k: float(v) for k, v in jax.device_get(loop.metrics).items()}
         host.update(loop.record)
         loop.record = {}
-        now = time.perf_counter()
-        elapsed = now - loop.t_mark - loop.untimed_s
-        ips = (loop.step - loop.step_mark) * c.batch_size / max(elapsed, 1e-9)
+        now = self.clock()
+        ips, eta = self._speed(loop, now)
         host.update(epoch=loop.step / loop.iterator.steps_per_epoch, images_per_s=ips)
         if loop.writer is not None:
             loop.writer.write(loop.step, host)
-            # No steps timed since the last line (the first step, its compile excluded): no
-            # speed, so no ETA.
-            eta = (c.total_steps - loop.step) * c.batch_size / ips if ips > 0 else None
-            logs.console(
-                logs.progress_line(loop.step, c.total_steps, host["epoch"], host["loss"], ips, eta)
-            )
+            logs.console(self._line(loop, host["loss"], ips, eta))
+            if self.bar is not None:
+                self.bar.show(host["loss"], ips)
         loop.t_mark, loop.step_mark, loop.untimed_s = now, loop.step, 0.0
+        self.last_line = now
+
+    def _time_line(self, loop: Any) -> None:
+        loss = float(jax.device_get(loop.metrics["loss"]))  # waits for the steps dispatched
+        now = self.clock()
+        ips, eta = self._speed(loop, now)  # the marks stay: metrics.jsonl's speed is unchanged
+        line = self._line(loop, loss, ips, eta)
+        if self.bar is not None:
+            self.bar.show(loss, ips)
+            logs.to_log(line)
+        else:
+            logs.console(line)
+        self.last_line = now
 
 
 class CheckpointHook(Hook):

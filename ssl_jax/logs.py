@@ -1,8 +1,9 @@
-"""Run output on process 0: ``metrics.jsonl``, TensorBoard scalars and the console progress line.
+"""Run output on process 0: ``metrics.jsonl`` and TensorBoard scalars. The console (progress
+lines, a bar on a terminal, ``--verbose`` details, ``train.log`` / ``eval.log``) is
+:mod:`ssl_jax.console`, re-exported here.
 
-TensorBoard event files are written here without TensorFlow: an event file is a sequence of
-TFRecords (length, masked CRC-32C, payload, masked CRC-32C) whose payloads are ``Event`` protocol
-buffers; scalars need only four of their fields, which are encoded by hand below.
+The files are written through :mod:`ssl_jax.outputs` (never through a link, never half a record)
+and the TensorBoard events through :mod:`ssl_jax.tensorboard` (tensorboardX's protocol buffers).
 """
 
 from __future__ import annotations
@@ -10,110 +11,26 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
-import struct
-import sys
-import time
 from collections.abc import Mapping
 
+from ssl_jax import outputs
+from ssl_jax.console import (  # noqa: F401 - re-exported: the console was part of this module
+    EVAL_LOG,
+    TRAIN_LOG,
+    RunLog,
+    StillRunning,
+    TerminalBar,
+    clear_pending,
+    console,
+    detail,
+    format_duration,
+    is_terminal,
+    progress_line,
+    quiet_for,
+    set_verbose,
+    to_log,
+)
 from ssl_jax.run import Run
-
-# --- TFRecord framing -----------------------------------------------------------------------
-
-_CRC32C_TABLE = []
-for _i in range(256):
-    _c = _i
-    for _ in range(8):
-        _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
-    _CRC32C_TABLE.append(_c)
-
-
-def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli), the checksum TFRecord uses."""
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def _masked_crc(data: bytes) -> int:
-    crc = crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def tfrecord(payload: bytes) -> bytes:
-    """One TFRecord: uint64 length, masked crc of the length, payload, masked crc of payload."""
-    length = struct.pack("<Q", len(payload))
-    return (
-        length
-        + struct.pack("<I", _masked_crc(length))
-        + payload
-        + struct.pack("<I", _masked_crc(payload))
-    )
-
-
-# --- the few protobuf fields an Event needs -------------------------------------------------
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _len_field(field: int, payload: bytes) -> bytes:
-    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
-
-
-def event_proto(
-    wall_time: float,
-    step: int = 0,
-    scalars: Mapping[str, float] | None = None,
-    file_version: str | None = None,
-) -> bytes:
-    """``tensorflow.Event``: wall_time (1, double), step (2, int64), file_version (3), summary (5)
-    holding ``Summary.Value`` entries of tag (1) and simple_value (2, float)."""
-    out = _varint(1 << 3 | 1) + struct.pack("<d", wall_time)
-    out += _varint(2 << 3 | 0) + _varint(step)
-    if file_version is not None:
-        out += _len_field(3, file_version.encode())
-    if scalars:
-        summary = b"".join(
-            _len_field(
-                1,
-                _len_field(1, tag.encode()) + _varint(2 << 3 | 5) + struct.pack("<f", value),
-            )
-            for tag, value in scalars.items()
-        )
-        out += _len_field(5, summary)
-    return out
-
-
-class TensorBoardWriter:
-    """Appends scalar summaries to ``events.out.tfevents.*`` in ``logdir``."""
-
-    def __init__(self, logdir: str):
-        os.makedirs(logdir, exist_ok=True)
-        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-        self.path = os.path.join(logdir, name)
-        self._file = open(self.path, "ab")  # noqa: SIM115 - closed in close()
-        self._file.write(tfrecord(event_proto(time.time(), file_version="brain.Event:2")))
-        self._file.flush()
-
-    def scalars(self, step: int, values: Mapping[str, float]) -> None:
-        finite = {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
-        self._file.write(tfrecord(event_proto(time.time(), step, finite)))
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-
 
 # --- the run's metric writer ----------------------------------------------------------------
 
@@ -125,29 +42,49 @@ class MetricWriter:
 
     ``keep_through_step``: a run (re)starting from the checkpoint of that step (0: from scratch)
     first drops the records of later steps, which the restarted run logs again, and any line a
-    killed run left half-written; the file is rewritten atomically. ``dropped`` counts them.
-    None appends to the file as it is.
+    killed run left half-written; the file is rewritten atomically. ``dropped`` counts them. Its
+    TensorBoard file purges the later steps of the earlier files (``purge_step``), so TensorBoard
+    too shows each step once. None appends to the files as they are.
+
+    ``metrics.jsonl`` or ``tensorboard/`` as a symbolic link (or other foreign file) is refused,
+    and a failed write (disk full) raises, with one line naming the file
+    (:class:`ssl_jax.outputs.OutputError`); the files then end at a whole record.
     """
 
     def __init__(self, workdir: str, keep_through_step: int | None = None):
         run = Run(workdir)
-        os.makedirs(run.workdir, exist_ok=True)
+        try:
+            os.makedirs(run.workdir, exist_ok=True)
+        except OSError as e:
+            raise outputs.error(run.workdir, e) from e
         self.jsonl_path = run.metrics_path
         self.dropped = 0
+        outputs.check_own_file(self.jsonl_path)  # before reading it: a link, a FIFO
         if keep_through_step is not None and os.path.exists(self.jsonl_path):
             self.dropped = _truncate_records(self.jsonl_path, keep_through_step)
-        self._jsonl = open(self.jsonl_path, "a")  # noqa: SIM115 - closed in close()
-        self._tb = TensorBoardWriter(run.tensorboard_dir)
+        self._jsonl = outputs.AppendFile(self.jsonl_path)
+        purge = None if keep_through_step is None else int(keep_through_step) + 1
+        from ssl_jax.tensorboard import EventWriter  # tensorboardX: only when writing metrics
+
+        try:
+            self._tb = EventWriter(run.tensorboard_dir, purge_step=purge)
+        except BaseException:
+            self._jsonl.close()
+            raise
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
-        record = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
+        """Append the record of ``step`` to both files (OutputError when one fails)."""
+        values = {k: v.item() if hasattr(v, "item") else v for k, v in metrics.items()}
+        record = {"step": int(step), **{k: _jsonable(v) for k, v in values.items()}}
         self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
-        self._tb.scalars(step, {k: v for k, v in record.items() if k != "step"})
+        self._tb.scalars(step, values)  # NaN as NaN: TensorBoard draws it
 
     def close(self) -> None:
-        self._jsonl.close()
-        self._tb.close()
+        """Close both files (the TensorBoard one synced); idempotent."""
+        try:
+            self._jsonl.close()
+        finally:
+            self._tb.close()
 
 
 def _truncate_records(path: str, last_step: int) -> int:
@@ -168,24 +105,11 @@ def _truncate_records(path: str, last_step: int) -> int:
             else:
                 dropped += 1
     if dropped:
-        write_atomic(path, "".join(kept))
+        outputs.write_text(path, "".join(kept))
     return dropped
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Write to a temporary file beside ``path``, then rename it over ``path``: a killed run
-    leaves the old file or the new one, never half of one."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+write_atomic = outputs.write_text  # the former name, for callers not yet moved to outputs
 
 
 def _jsonable(v):
@@ -201,31 +125,3 @@ def read_metrics(workdir: str) -> list[dict]:
     merges them). A resumed run's file holds each step once: see :class:`MetricWriter`."""
     with open(Run(workdir).metrics_path) as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def format_duration(seconds: float) -> str:
-    """Seconds as MM:SS, or H:MM:SS from one hour."""
-    seconds = max(0, int(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
-
-
-def progress_line(
-    step: int, total: int, epoch: float, loss: float, images_per_s: float, eta_s: float | None
-) -> str:
-    """The console progress line: bar, step, epoch, loss, images/s and ETA (``--:--`` while no
-    speed is known yet: ``eta_s`` None or not finite)."""
-    width = 20
-    done = int(width * step / max(total, 1))
-    bar = "#" * done + "." * (width - done)
-    return (
-        f"[{bar}] step {step}/{total}  epoch {epoch:.2f}  loss {loss:.4f}  "
-        f"{images_per_s:,.0f} img/s  ETA "
-        + (format_duration(eta_s) if eta_s is not None and math.isfinite(eta_s) else "--:--")
-    )
-
-
-def console(msg: str) -> None:
-    """Print one line of progress, flushed at once (logs of long runs are read live)."""
-    print(msg, file=sys.stdout, flush=True)

@@ -15,6 +15,8 @@ import os
 import socket
 from typing import Any
 
+from ssl_jax import outputs
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
@@ -34,7 +36,8 @@ class WorkdirLock:
         if fcntl is None:
             return self
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        outputs.check_own_file(self.path)  # a planted link or FIFO: refused, never truncated
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

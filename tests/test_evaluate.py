@@ -308,6 +308,13 @@ def test_evaluate_end_to_end(tiny_run, monkeypatch, capsys):
         with Image.open(os.path.join(result.workdir, f"{name}.png")) as im:
             assert im.format == "PNG" and im.size[0] >= 400 and im.size[1] >= 300
     assert "pictures (" in out
+    # Each stage says what it is about to do, then how long it took; all of it goes to eval.log,
+    # and the training's console to train.log (issue 17).
+    for stage in ("1/5] features", "2/5] kNN", "3/5] linear probe", "4/5] maps", "5/5] plots"):
+        assert f"{stage}: " in out and f"{stage} done in " in out
+    log = open(os.path.join(result.workdir, "eval.log")).read()
+    assert "4/5] maps done in " in log and "| ssl | knn |" in log
+    assert "step 4/4" in open(os.path.join(result.workdir, "train.log")).read()
 
 
 def test_cli_evaluate(tiny_run, capsys):

@@ -1,74 +1,68 @@
-"""metrics.jsonl and the TensorFlow-free TensorBoard writer, decoded independently here."""
+"""metrics.jsonl and the TensorBoard event files, read back here as TensorBoard reads them."""
 
 import glob
 import json
+import math
+import os
 import struct
-import zlib
 
+import numpy as np
 import pytest
 
 from ssl_jax import logs
+from ssl_jax import tensorboard as tb
+from ssl_jax.evaluation import report
+from ssl_jax.run import Run
 
 
-def test_crc32c_known_vectors():
-    # RFC 3720 (iSCSI) test vectors for CRC-32C.
-    assert logs.crc32c(b"123456789") == 0xE3069283
-    assert logs.crc32c(bytes(32)) == 0x8A9136AA
-    assert logs.crc32c(b"\xff" * 32) == 0x62A8AB43
-    assert logs.crc32c(b"123456789") != zlib.crc32(b"123456789")
-
-
-def _read_records(path):
+def _events(path):
+    """The Event protos of one file, checking each TFRecord's framing and CRCs; a record not
+    yet whole at the end is left out, as TensorBoard does."""
     with open(path, "rb") as f:
         buf = f.read()
-    out, i = [], 0
-    while i < len(buf):
-        (n,) = struct.unpack("<Q", buf[i : i + 8])
-        (len_crc,) = struct.unpack("<I", buf[i + 8 : i + 12])
-        assert len_crc == logs._masked_crc(buf[i : i + 8])
-        payload = buf[i + 12 : i + 12 + n]
-        (crc,) = struct.unpack("<I", buf[i + 12 + n : i + 16 + n])
-        assert crc == logs._masked_crc(payload)
-        out.append(payload)
+    i = 0
+    while i + 12 <= len(buf):
+        header, (n,) = buf[i : i + 8], struct.unpack("<Q", buf[i : i + 8])
+        if i + 16 + n > len(buf):
+            return
+        assert struct.unpack("<I", buf[i + 8 : i + 12])[0] == tb.masked_crc32c(header)
+        data = buf[i + 12 : i + 12 + n]
+        assert struct.unpack("<I", buf[i + 12 + n : i + 16 + n])[0] == tb.masked_crc32c(data)
+        yield tb.Event.FromString(data)
         i += 16 + n
-    return out
+    assert i == len(buf), f"{path} ends inside a record header"
 
 
-def _parse(buf):
-    """A minimal protobuf decoder: {field: [values]} (varint, 64-bit, bytes, 32-bit)."""
-    fields, i = {}, 0
-    while i < len(buf):
-        key, i = _varint(buf, i)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            val, i = _varint(buf, i)
-        elif wire == 1:
-            val, i = buf[i : i + 8], i + 8
-        elif wire == 2:
-            n, i = _varint(buf, i)
-            val, i = buf[i : i + n], i + n
-        elif wire == 5:
-            val, i = buf[i : i + 4], i + 4
-        else:
-            raise AssertionError(f"bad wire type {wire}")
-        fields.setdefault(field, []).append(val)
-    return fields
+def shown(logdir, *, purge=True):
+    """[(step, tag, what)] as TensorBoard shows a run directory: its event files in name order,
+    where a SessionLog START at step s drops what earlier events logged at steps >= s (the
+    purge of TensorBoard's EventAccumulator). ``what``: a scalar's value, an image's (width,
+    height), a text's string, or the hparams plugin's tag. ``purge=False``: every event."""
+    points = []
+    for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+        for ev in _events(path):
+            if purge and ev.session_log.status == tb.SessionLog.START:
+                points = [p for p in points if p[0] < ev.step]
+            for v in ev.summary.value:
+                if v.HasField("image"):
+                    what = (v.image.width, v.image.height)
+                elif v.HasField("tensor"):
+                    what = v.tensor.string_val[0].decode()
+                elif v.metadata.plugin_data.plugin_name == "hparams":
+                    what = "hparams"
+                else:
+                    what = v.simple_value
+                points.append((ev.step, v.tag, what))
+    return points
 
 
-def _varint(buf, i):
-    shift = result = 0
-    while True:
-        b = buf[i]
-        i += 1
-        result |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return result, i
+def _scalars(points, tag):
+    return [(step, value) for step, t, value in points if t == tag]
 
 
 def test_metric_writer_jsonl_and_events(tmp_path):
     w = logs.MetricWriter(str(tmp_path))
-    w.write(10, {"loss": 1.5, "learning_rate": 0.25})
+    w.write(10, {"loss": 1.5, "learning_rate": np.float32(0.25)})
     w.write(20, {"loss": float("nan"), "learning_rate": 0.5})
     w.close()
 
@@ -78,18 +72,80 @@ def test_metric_writer_jsonl_and_events(tmp_path):
     json.dumps(records)  # valid JSON throughout
 
     (events,) = glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
-    payloads = _read_records(events)
-    header = _parse(payloads[0])
-    assert header[3] == [b"brain.Event:2"]
-    scalars = {}
-    for p in payloads[1:]:
-        ev = _parse(p)
-        step = ev[2][0]
-        for value in _parse(ev[5][0])[1]:
-            v = _parse(value)
-            scalars[(step, v[1][0].decode())] = struct.unpack("<f", v[2][0])[0]
-    assert scalars[(10, "loss")] == 1.5
-    assert scalars[(20, "learning_rate")] == 0.5
+    assert next(_events(events)).file_version == "brain.Event:2"
+    points = shown(tmp_path / "tensorboard")
+    assert _scalars(points, "learning_rate") == [(10, 0.25), (20, 0.5)]
+    (first, nan) = _scalars(points, "loss")
+    assert first == (10, 1.5) and nan[0] == 20 and math.isnan(nan[1])  # NaN drawn, not dropped
+
+
+def test_a_restart_shows_each_step_once_in_tensorboard(tmp_path):
+    """Steps 1-6 logged, the run killed after the checkpoint of step 3, then restarted from it:
+    TensorBoard (and metrics.jsonl) show steps 1-8 once each, 4-6 from the second attempt."""
+    first = logs.MetricWriter(str(tmp_path), keep_through_step=0)
+    for step in range(1, 7):
+        first.write(step, {"loss": float(step)})
+    # Killed here (nothing more is written by it); a restart from the checkpoint of step 3:
+    again = logs.MetricWriter(str(tmp_path), keep_through_step=3)
+    assert again.dropped == 3
+    for step in range(4, 9):
+        again.write(step, {"loss": 10.0 + step})
+    again.close()
+    first.close()
+
+    expected = [(1, 1.0), (2, 2.0), (3, 3.0)] + [(s, 10.0 + s) for s in range(4, 9)]
+    assert _scalars(shown(tmp_path / "tensorboard"), "loss") == expected
+    # Without the purge event the steps 4-6 would show twice (what the old writer did).
+    raw = [s for s, _ in _scalars(shown(tmp_path / "tensorboard", purge=False), "loss")]
+    assert sorted(raw) == [1, 2, 3, 4, 4, 5, 5, 6, 6, 7, 8]
+    assert [(r["step"], r["loss"]) for r in logs.read_metrics(str(tmp_path))] == expected
+    try:  # TensorBoard's own reader, where it is installed (it is no dependency of ssl_jax)
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        return
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == expected
+
+
+def test_an_evaluation_in_tensorboard(tmp_path):
+    """The eval report, config, hyper-parameters, accuracies and pictures of a checkpoint; an
+    evaluation of the same checkpoint again replaces them rather than adding a second set."""
+    from PIL import Image
+
+    run = Run(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"method": "simclr", "model": {"w": 2}}))
+    Image.new("RGB", (6, 4)).save(tmp_path / "curves.png")
+    rows = [
+        dict(step=7, representation="ssl", protocol="knn", label_fraction=0.01, top1=0.5),
+        dict(step=7, representation="ssl", protocol="knn", label_fraction=1.0, top1=0.75),
+    ]
+    for _ in range(2):  # the same evaluation twice
+        report.write(run, rows, "| table |", description="# Evaluation", test_split="test")
+        report.write_figures_to_tensorboard(run, [str(tmp_path / "curves.png")], step=7)
+    points = shown(report.tensorboard_dir(run))
+    assert sorted(points, key=str) == sorted(
+        [
+            (7, "top1/ssl/knn/labels_1pct", 0.5),
+            (7, "top1/ssl/knn/labels_100pct", 0.75),
+            (7, "figures/curves", (6, 4)),
+            (7, "eval/text_summary", (tmp_path / "eval.md").read_text()),
+            (
+                7,
+                "config/text_summary",
+                '    {\n     "method": "simclr",\n     "model": {\n      "w": 2\n     }\n    }',
+            ),
+            (7, "_hparams_/experiment", "hparams"),
+            (7, "_hparams_/session_start_info", "hparams"),
+            (7, "_hparams_/session_end_info", "hparams"),
+        ],
+        key=str,
+    )
+    assert report.hparams({"method": "simclr", "model": {"w": 2, "f": [1, 2]}, "d": None}) == {
+        "method": "simclr",
+        "model.w": 2,
+        "model.f": "[1, 2]",
+    }
 
 
 @pytest.mark.parametrize("seconds,text", [(5, "00:05"), (125, "02:05"), (3725, "1:02:05")])

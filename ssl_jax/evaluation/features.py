@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from ssl_jax import augment, data, logs
+from ssl_jax import augment, data, encoder_files, logs
 from ssl_jax.methods import get_method
 from ssl_jax.run import Run
 
@@ -197,7 +197,8 @@ def load_encoder(workdir: str, *, step: int | str | None = None) -> Encoder:
     """Rebuild a run's encoder from ``workdir/config.json`` and restore a checkpoint into it.
 
     Args:
-      workdir: a directory written by ``ssl-jax pretrain`` / ``ssl_jax.train.train``.
+      workdir: a directory written by ``ssl-jax pretrain`` / ``ssl_jax.train.train``, or one
+        written by ``ssl-jax export`` (``encoder.json``: read without any training state).
       step: the checkpoint to restore (default: the latest); an int, or a string of digits
         such as ``"1000"`` (converted with ``int``).
 
@@ -211,6 +212,8 @@ def load_encoder(workdir: str, *, step: int | str | None = None) -> Encoder:
       TypeError: ``step`` is neither None, an int nor a string of an int.
       ValueError: the checkpoint's weights are not all finite.
     """
+    if encoder_files.is_export_dir(workdir):
+        return Encoder(**encoder_files.read(workdir, step=step))
     run = Run(workdir)
     config = run.config
     state = run.restore_state(step, config=config)
@@ -252,8 +255,8 @@ def extract_features(
     batches = data.eval_batches(source, batch_size=batch_size)
     out: dict[str, list[np.ndarray]] = {name: [] for name in extractors}
     labels = []
-    t0 = time.perf_counter()
-    report_every = max(1, len(batches) // 4)
+    t0 = reported = time.perf_counter()
+    report_every = max(1, len(batches) // 4)  # and at least every 30 s
     for i, batch in enumerate(batches):
         mask = np.asarray(batch["mask"], bool)
         images = jnp.asarray(batch["image"])  # one host-to-device copy for every extractor
@@ -261,9 +264,12 @@ def extract_features(
         for name, feats in results.items():
             out[name].append(np.asarray(feats, np.float32)[mask])
         labels.append(np.asarray(batch["label"], np.int32)[mask])
-        if description and ((i + 1) % report_every == 0 or i + 1 == len(batches)):
+        quiet = time.perf_counter() - reported  # a quarter done, or 30 s, but not twice in 5 s
+        quarter = (i + 1) % report_every == 0 and quiet >= 5.0
+        if description and (quarter or quiet >= 30.0 or i + 1 == len(batches)):
             done = min((i + 1) * batch_size, batches.num_examples)
-            dt = time.perf_counter() - t0
+            reported = time.perf_counter()
+            dt = reported - t0
             logs.console(
                 f"  {description}: {done:,}/{batches.num_examples:,} images "
                 f"({done / max(dt, 1e-9):,.0f} images/s)"

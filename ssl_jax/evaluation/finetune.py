@@ -320,11 +320,14 @@ def finetune_encoder(
     order = batch_order(len(images), steps, hp.batch_size, seed)
     labels = labels.astype(np.int32)
     history = []
-    t0 = time.perf_counter()
+    t0 = said = time.perf_counter()
     for i in range(steps):
         idx = order[i]
         state, metrics = _train_step(state, images[idx], labels[idx], key, view=view)
         history.append(metrics)
+        if description and time.perf_counter() - said >= 30.0:  # never quiet for long
+            said = time.perf_counter()
+            logs.console(f"  {description}: step {i + 1}/{steps} ({said - t0:.0f} s)")
     train_loss = train_top1 = None
     if history:
         tail = jax.device_get(history[-max(1, steps // 10) :])  # one transfer, at the end

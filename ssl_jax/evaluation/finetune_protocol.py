@@ -7,13 +7,11 @@ labels; see the cost note in ``suite.py``)."""
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ssl_jax import logs
 from ssl_jax.evaluation.finetune import FinetuneHParams, default_finetune_steps, finetune_and_score
 from ssl_jax.evaluation.protocol import EvalInputs, Protocol, fraction_name
 
@@ -28,6 +26,7 @@ class FinetuneProtocol(Protocol):
     batch and peak learning rates of :class:`FinetuneHParams`."""
 
     name: ClassVar[str] = "finetune"
+    title: ClassVar[str] = "fine-tuning"
     rank: ClassVar[int] = 2
     representations: ClassVar[tuple[str, ...]] = ("ssl", "supervised")
     uses_features: ClassVar[bool] = False
@@ -74,7 +73,6 @@ class FinetuneProtocol(Protocol):
         hp = self.hparams
         starts = {name: data.models[name] for name in representations}
         rows = []
-        t = time.perf_counter()
         for f in fractions:
             subset = data.subsets[f]
             labelled = data.train_source.read_batch(subset)  # read once, shared by every start
@@ -101,8 +99,7 @@ class FinetuneProtocol(Protocol):
             for name, r in results.items():
                 fields = {key: r[key] for key in FIELDS}
                 rows.append(data.row(name, self.name, f, r["top1"], r["top5"], **fields))
-        logs.console(f"fine-tuning (with its scoring) took {time.perf_counter() - t:.1f} s")
-        return rows
+        return rows  # (the evaluation's stage line says how long it took)
 
     def settings(self, row: Mapping[str, Any]) -> dict[str, Any]:
         hp = self.hparams

@@ -22,6 +22,7 @@ class KnnProtocol(Protocol):
     ``knn_majority_k`` neighbours with one vote each (row ``knn_k<knn_majority_k>``)."""
 
     name: ClassVar[str] = "knn"
+    title: ClassVar[str] = "kNN"
     rank: ClassVar[int] = 0
     representations: ClassVar[tuple[str, ...]] = ("ssl", "random_init")
 

@@ -26,6 +26,7 @@ class LinearProtocol(Protocol):
     """The linear probe with the L2 candidates ``l2_grid`` and ``max_iter`` L-BFGS iterations."""
 
     name: ClassVar[str] = "linear"
+    title: ClassVar[str] = "linear probe"
     rank: ClassVar[int] = 1
     representations: ClassVar[tuple[str, ...]] = ("ssl", "random_init", "raw_pixels")
     select_by: ClassVar[str] = "cross_entropy"  # how linear_probe chooses its L2

@@ -21,6 +21,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ssl_jax import outputs
 from ssl_jax.evaluation.maps import pca, tsne
 from ssl_jax.run import Run
 
@@ -59,7 +60,10 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _save(fig: Figure, path: str) -> str:
-    fig.savefig(path, dpi=100, facecolor="white")
+    # Rendered into a new file renamed over ``path``: a link planted there (a work directory
+    # from someone else) is replaced, never written through; a killed run leaves no half PNG.
+    with outputs.replacing(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100, facecolor="white")
     return path
 
 

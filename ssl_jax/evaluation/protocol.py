@@ -108,6 +108,7 @@ class Protocol:
 
     Attributes:
       name: what ``evaluate(protocols=...)`` selects (its name in :data:`PROTOCOLS`).
+      title: its name in the stage lines of an evaluation ('' : ``name``).
       rank: its place among the protocols: in ``PROTOCOL_CHOICES``, in the tables, in eval.md.
       representations: those of :data:`REPRESENTATIONS` it evaluates (when selected).
       uses_features: it reads the frozen features of its representations
@@ -116,6 +117,7 @@ class Protocol:
     """
 
     name: ClassVar[str]
+    title: ClassVar[str] = ""
     rank: ClassVar[int]
     representations: ClassVar[tuple[str, ...]]
     uses_features: ClassVar[bool] = True

@@ -1,5 +1,7 @@
 """An evaluation's report: the rows in table order, merged with the rows of an earlier
-``eval.json`` that still describe the same experiment, and ``eval.json`` / ``eval.md`` written.
+``eval.json`` that still describe the same experiment, and ``eval.json`` / ``eval.md`` written,
+with the same results in TensorBoard (``tensorboard/eval/``: accuracies, the report, the
+hyper-parameters of the run, and the pictures).
 
 What a row is and which settings it records belong to its protocol
 (:mod:`ssl_jax.evaluation.protocol`); this module only orders, merges, formats and writes.
@@ -12,7 +14,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ssl_jax import logs
+from ssl_jax import logs, outputs
 from ssl_jax.evaluation.protocol import EvalInputs, Protocol, fraction_name, pct
 from ssl_jax.run import Run
 
@@ -85,8 +87,7 @@ def earlier_rows(path: str, rows: Sequence[dict], protocols: Sequence[Protocol])
     if not rows or not os.path.exists(path):
         return []
     try:
-        with open(path) as fh:
-            earlier = json.load(fh)
+        earlier = json.loads(outputs.read_own(path))  # never a link's target, never a FIFO
         if not isinstance(earlier, list):
             raise ValueError(f"a JSON list of rows was expected, got {type(earlier).__name__}")
     except (OSError, ValueError) as e:
@@ -145,8 +146,77 @@ def header(encoder: Any, data: EvalInputs) -> str:
 
 def write(run: Run, rows: Sequence[dict], table: str, *, description: str, test_split: str) -> None:
     """``eval.json`` (the rows) and ``eval.md`` (the description, then the table), each
-    written atomically."""
-    logs.write_atomic(run.eval_json, json.dumps(list(rows), indent=1))
-    logs.write_atomic(
-        run.eval_md, f"{description}\nTop-1 / top-5 {test_split} accuracy (%):\n\n{table}\n"
-    )
+    written atomically (:mod:`ssl_jax.outputs`: a link there is replaced, never followed), and
+    the same to TensorBoard (:func:`write_tensorboard`)."""
+    report = f"{description}\nTop-1 / top-5 {test_split} accuracy (%):\n\n{table}\n"
+    outputs.write_text(run.eval_json, json.dumps(list(rows), indent=1))
+    outputs.write_text(run.eval_md, report)
+    if rows:
+        write_tensorboard(run, rows, report)
+
+
+def tensorboard_dir(run: Run) -> str:
+    """Where evaluations write TensorBoard events: ``tensorboard/eval`` of the run, a TensorBoard
+    run of its own beside the training scalars."""
+    return os.path.join(run.tensorboard_dir, "eval")
+
+
+def write_tensorboard(run: Run, rows: Sequence[dict], report: str) -> None:
+    """The evaluation of the rows' checkpoint step in TensorBoard: a scalar per row
+    (``top1/REPRESENTATION/PROTOCOL/labels_1pct``, and top5), ``report`` (eval.md) as text, the
+    run's config as text and as an HParams session whose metrics are the top-1 scalars.
+
+    The file purges earlier evaluations of steps >= this one, so evaluating a checkpoint again
+    replaces its results rather than doubling them."""
+    from ssl_jax.tensorboard import EventWriter  # tensorboardX: only when writing
+
+    step = int(rows[0]["step"])
+    values: dict[str, float] = {}
+    for r in rows:
+        name = f"{r['representation']}/{r['protocol']}/labels_{100 * r['label_fraction']:g}pct"
+        for k in ("top1", "top5"):
+            if isinstance(r.get(k), int | float):
+                values[f"{k}/{name}"] = float(r[k])
+    config = run.saved_config() or {}
+    outputs.check_own_dir(run.tensorboard_dir)  # not a link: eval/ would be made through it
+    tb = EventWriter(tensorboard_dir(run), purge_step=step)
+    try:
+        tb.text(step, "eval", report)
+        tb.text(step, "config", "    " + json.dumps(config, indent=1).replace("\n", "\n    "))
+        top1 = {k: v for k, v in values.items() if k.startswith("top1/")}
+        tb.hparams(step, hparams(config), top1)
+        tb.scalars(step, {k: v for k, v in values.items() if k not in top1})
+    finally:
+        tb.close()
+
+
+def write_figures_to_tensorboard(run: Run, paths: Sequence[str], *, step: int) -> None:
+    """The PNG pictures at ``paths`` (an evaluation's, just written) in TensorBoard's Images
+    tab at ``step``, tagged by file name (``figures/training_curves``); after
+    :func:`write_tensorboard`, whose purge they must follow."""
+    if not paths:
+        return
+    from ssl_jax.tensorboard import EventWriter  # tensorboardX: only when writing
+
+    tb = EventWriter(tensorboard_dir(run))
+    try:
+        for path in paths:
+            name = os.path.splitext(os.path.basename(path))[0]
+            tb.png(step, f"figures/{name}", outputs.read_own(path))
+    finally:
+        tb.close()
+
+
+def hparams(config: dict, prefix: str = "") -> dict[str, bool | int | float | str]:
+    """A saved config (nested dicts) as flat hyper-parameters for TensorBoard: ``model.encoder``
+    style names, lists as JSON text, None left out."""
+    flat: dict[str, bool | int | float | str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(hparams(value, prefix=f"{name}."))
+        elif isinstance(value, bool | int | float | str):
+            flat[name] = value
+        elif value is not None:
+            flat[name] = json.dumps(value)
+    return flat

@@ -27,16 +27,18 @@ only fine-tuned on request (``finetune_fractions``); ``protocols=('knn', 'linear
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from ssl_jax import data, logs
 from ssl_jax.checkpoint import checkpoint_id
+from ssl_jax.data.from_config import no_labels_message
 from ssl_jax.evaluation import report
 from ssl_jax.evaluation.features import (
     Encoder,
@@ -52,14 +54,16 @@ from ssl_jax.evaluation.protocol import (
     EvalInputs,
     Protocol,
     build_protocols,
+    fraction_name,
     protocol_names,
 )
 from ssl_jax.evaluation.report import format_table
 from ssl_jax.evaluation.splits import class_balanced_subset
-from ssl_jax.run import Run
+from ssl_jax.run import Run, evaluation_data
 
 # What ``evaluate(protocols=...)`` selects, by rank: 'knn' is both kNN rows (one neighbour search).
 PROTOCOL_CHOICES = protocol_names()
+MAP_POINTS = 2000  # test images in the embedding maps (t-SNE is O(N^2): ~1-2 min on a CPU)
 
 __all__ = ["PROTOCOL_CHOICES", "REPRESENTATIONS", "evaluate", "format_table"]
 
@@ -86,6 +90,7 @@ def evaluate(
     finetune_encoder_lr: float = FinetuneHParams.encoder_lr,
     write: bool = True,
     plots: bool = True,
+    unevaluable: str = "raise",
 ) -> list[dict]:
     """Evaluate a pretraining run with kNN and linear probes and fine-tuning at several label
     fractions, next to baselines.
@@ -120,6 +125,9 @@ def evaluate(
         wins.
       plots: with ``write``, also the PNG pictures of :func:`ssl_jax.evaluation.plots.write_plots`
         (test-set embedding maps of the ssl features, training curves, label efficiency).
+      unevaluable: what an image folder without labels or without a test split does: 'raise'
+        (a one-line ValueError naming the fix) or 'skip' (that line on the console and no rows:
+        pretraining's evaluation at the end, on a folder just trained on).
 
     Returns:
       This call's rows, one dict per (representation, protocol, label fraction):
@@ -131,6 +139,8 @@ def evaluate(
     """
     t_start = time.perf_counter()
     fractions = _check_selection(representations, protocols, label_fractions)
+    if unevaluable not in ("raise", "skip"):
+        raise ValueError(f"unevaluable must be 'raise' or 'skip', got {unevaluable!r}")
     every = build_protocols(  # all of them: those not run still judge the earlier rows kept
         dict(
             knn_k=knn_k,
@@ -149,62 +159,107 @@ def evaluate(
 
     encoder = load_encoder(workdir, step=step)
     run = Run(encoder.workdir)
-    config = encoder.config
-    train_src, test_src = _sources(config, test_split)
-    pairs = {name: [p.name for p, reps, _ in plan if name in reps] for name in representations}
-    pairs = {name: names for name, names in pairs.items() if names}
-    models = _models(encoder, pairs)
-    featured = {name for p, reps, _ in plan if p.uses_features for name in reps}
-    extractors = {name: models[name] for name in pairs if name in featured}
-    logs.console(
-        f"evaluating {encoder.workdir} ({config.method}, checkpoint step {encoder.step}): "
-        f"{config.dataset}, {len(train_src):,} train / {len(test_src):,} {test_split} images; "
-        + "; ".join(f"{name}: {', '.join(names)}" for name, names in pairs.items())
-    )
-    t = time.perf_counter()
-    train_x, train_y = extract_features(
-        train_src, extractors, batch_size=batch_size, description="train features"
-    )
-    test_x, test_y = extract_features(
-        test_src, extractors, batch_size=batch_size, description=f"{test_split} features"
-    )
-    logs.console(f"features extracted in {time.perf_counter() - t:.1f} s")
-    num_classes = train_src.num_classes or int(train_y.max()) + 1
-    _check_labels(train_y, num_classes, "training")
-    _check_labels(test_y, num_classes, test_split)
-    inputs = EvalInputs(
-        models=models,
-        train_x=train_x,
-        test_x=test_x,
-        train_y=train_y,
-        test_y=test_y,
-        subsets={
-            f: class_balanced_subset(train_y, f, seed=seed, num_classes=num_classes)
-            for f in fractions
-        },
-        train_source=train_src,
-        test_source=test_src,
-        num_classes=num_classes,
-        seed=seed,
-        batch_size=batch_size,
-        step=encoder.step,
-        checkpoint_id=checkpoint_id(run.checkpoints_dir, encoder.step),
-        test_split=test_split,
-    )
-    rows = [row for p, reps, fs in plan for row in p.run(inputs, reps, fs)]
+    with contextlib.ExitStack() as stack:
+        if write:  # the console also goes to W/eval.log (pretraining's own goes to train.log)
+            stack.enter_context(logs.RunLog(os.path.join(run.workdir, logs.EVAL_LOG)))
+        if unevaluable == "skip" and (why := _not_evaluable(encoder.config, test_split)):
+            logs.console(why)
+            return []
+        # A folder named by the run's config is checked and announced before it is read.
+        config = evaluation_data(encoder.config, encoder.workdir, test_split=test_split)
+        train_src, test_src = _sources(config, test_split)
+        pairs = {name: [p.name for p, reps, _ in plan if name in reps] for name in representations}
+        pairs = {name: names for name, names in pairs.items() if names}
+        models = _models(encoder, pairs)
+        featured = {name for p, reps, _ in plan if p.uses_features for name in reps}
+        extractors = {name: models[name] for name in pairs if name in featured}
+        logs.console(
+            f"evaluating {encoder.workdir} ({config.method}, checkpoint step {encoder.step}): "
+            f"{config.dataset}, {len(train_src):,} train / {len(test_src):,} {test_split} images; "
+            + "; ".join(f"{name}: {', '.join(names)}" for name, names in pairs.items())
+        )
+        stage = Stages(1 + len(plan) + (2 if write and plots else 0))
+        with stage(
+            "features",
+            f"{', '.join(extractors) or 'labels only'} of the {len(train_src):,} train and "
+            f"{len(test_src):,} {test_split} images",
+        ):
+            train_x, train_y = extract_features(
+                train_src, extractors, batch_size=batch_size, description="train features"
+            )
+            test_x, test_y = extract_features(
+                test_src, extractors, batch_size=batch_size, description=f"{test_split} features"
+            )
+        num_classes = train_src.num_classes or int(train_y.max()) + 1
+        _check_labels(train_y, num_classes, "training")
+        _check_labels(test_y, num_classes, test_split)
+        inputs = EvalInputs(
+            models=models,
+            train_x=train_x,
+            test_x=test_x,
+            train_y=train_y,
+            test_y=test_y,
+            subsets={
+                f: class_balanced_subset(train_y, f, seed=seed, num_classes=num_classes)
+                for f in fractions
+            },
+            train_source=train_src,
+            test_source=test_src,
+            num_classes=num_classes,
+            seed=seed,
+            batch_size=batch_size,
+            step=encoder.step,
+            checkpoint_id=checkpoint_id(run.checkpoints_dir, encoder.step),
+            test_split=test_split,
+        )
+        rows = []
+        for p, reps, fs in plan:
+            at = ", ".join(fraction_name(f) for f in fs)
+            with stage(p.title or p.name, f"{', '.join(reps)} at {at} labels"):
+                rows += p.run(inputs, reps, fs)
 
-    rows = sorted(rows, key=report.row_order(every))
-    # eval.json also keeps the rows of earlier runs of this checkpoint not redone here.
-    shown = report.with_earlier_rows(run, rows, every) if write else rows
-    table = format_table(shown)
-    elapsed = time.perf_counter() - t_start
-    logs.console(f"\nTop-1 / top-5 test accuracy (%), evaluated in {elapsed:.0f} s:\n{table}")
-    if write:
-        notes = report.header(encoder, inputs) + "".join(p.notes(shown) for p in every)
-        report.write(run, shown, table, description=notes, test_split=test_split)
-        if plots:
-            _write_plots(run, shown, inputs)
-    return rows
+        rows = sorted(rows, key=report.row_order(every))
+        # eval.json also keeps the rows of earlier runs of this checkpoint not redone here.
+        shown = report.with_earlier_rows(run, rows, every) if write else rows
+        table = format_table(shown)
+        elapsed = time.perf_counter() - t_start
+        logs.console(f"\nTop-1 / top-5 test accuracy (%), evaluated in {elapsed:.0f} s:\n{table}")
+        if write:
+            notes = report.header(encoder, inputs) + "".join(p.notes(shown) for p in every)
+            report.write(run, shown, table, description=notes, test_split=test_split)
+            if plots:
+                _write_plots(run, shown, inputs, stage)
+        return rows
+
+
+class Stages:
+    """The stage lines of an evaluation: ``[i/n] name: what ...`` before a stage, ``[i/n] name
+    done in T`` after it, and in between a "still running" line whenever the console was quiet
+    for ``quiet_s`` seconds (:class:`ssl_jax.logs.StillRunning`): evaluations run for minutes,
+    and no stage is silent.
+
+        stage = Stages(3)
+        with stage("features", "ssl of 60,000 images"):
+            ...
+    """
+
+    def __init__(self, total: int, quiet_s: float = 30.0):
+        self.total, self.started, self.quiet_s = total, 0, quiet_s
+
+    @contextlib.contextmanager
+    def __call__(self, name: str, what: str = "") -> Iterator[None]:
+        self.started += 1
+        tag = f"[{self.started}/{max(self.total, self.started)}] {name}"
+        logs.console(f"{tag}: {what} ..." if what else f"{tag} ...")
+        t = time.perf_counter()
+        with logs.StillRunning(tag, every=self.quiet_s):
+            yield
+        logs.console(f"{tag} done in {seconds(time.perf_counter() - t)}")
+
+
+def seconds(dt: float) -> str:
+    """A duration for a stage line: '4.2 s', '95 s (01:35)' from a minute."""
+    return f"{dt:.1f} s" if dt < 60 else f"{dt:.0f} s ({logs.format_duration(dt)})"
 
 
 def _check_selection(
@@ -250,10 +305,33 @@ def _plan(
     return plan
 
 
+def _not_evaluable(config: Any, test_split: str) -> str | None:
+    """The line saying why a run on an image folder cannot be evaluated (no labels, no test
+    split) and how to make it so; None when it can (and for every other dataset)."""
+    if not config.dataset.startswith("folder:"):
+        return None
+    train_src = data.source_from_config(config)  # the folder the run has just trained on
+    if why := no_labels_message(config, train_src):
+        return why
+    folder = os.path.expanduser(config.dataset[len("folder:") :])
+    if os.path.isdir(os.path.join(folder, test_split)):
+        return None
+    return (
+        f"no {test_split} split in {config.dataset} (no {test_split}/ folder): the linear/kNN "
+        f"evaluation is skipped; put held-out images in {os.path.join(folder, test_split)}"
+        f"/<class>/ (and the others in {os.path.join(folder, config.train_split)}/<class>/) to "
+        "get it"
+    )
+
+
 def _sources(config: Any, test_split: str) -> tuple[Any, Any]:
-    """The run's training and test sources; a ValueError if their channels are not the run's."""
+    """The run's training and test sources, without their unlabelled images (files outside a
+    class folder); a ValueError if they have no labels or their channels are not the run's."""
     train_src = data.source_from_config(config, unreadable="raise")  # score the images named
+    if why := no_labels_message(config, train_src, what="cannot run"):
+        raise ValueError(why)
     test_src = data.source_from_config(config, split=test_split)
+    train_src, test_src = _labelled(train_src), _labelled(test_src)
     for src in (train_src, test_src):
         if src.image_shape[-1] != config.image_channels:
             raise ValueError(
@@ -261,6 +339,21 @@ def _sources(config: Any, test_split: str) -> tuple[Any, Any]:
                 f"on {config.image_channels} channels."
             )
     return train_src, test_src
+
+
+def _labelled(source: Any) -> Any:
+    """An image folder without its unlabelled files (with a console line), else ``source``."""
+    labels = getattr(source, "labels", None)
+    if labels is None or not hasattr(source, "without") or (labels >= 0).all():
+        return source
+    unlabelled = [f for f, label in zip(source.files, labels, strict=True) if label < 0]
+    if len(unlabelled) == len(source):
+        return source  # nothing left: _check_labels names the problem
+    logs.console(
+        f"{source.name}: {len(unlabelled):,} images outside a class folder (no label) are left "
+        "out of the evaluation"
+    )
+    return source.without(unlabelled)
 
 
 def _models(encoder: Encoder, names: Sequence[str]) -> dict[str, Any]:
@@ -286,22 +379,37 @@ def _check_labels(labels: np.ndarray, num_classes: int, split: str) -> None:
         )
 
 
-def _write_plots(run: Run, rows: Sequence[dict], inputs: EvalInputs) -> None:
-    """The PNG pictures (:func:`ssl_jax.evaluation.plots.write_plots`): test-set embedding maps
-    of the ssl features, training curves, label efficiency."""
-    from ssl_jax.evaluation.plots import write_plots  # matplotlib only when plotting
+def _write_plots(run: Run, rows: Sequence[dict], inputs: EvalInputs, stage: Stages) -> None:
+    """The PNG pictures, as two stages: the test-set embedding maps of the ssl features
+    (:func:`ssl_jax.evaluation.plots.plot_embeddings`: PCA and t-SNE, the slow one), then the
+    training curves and label efficiency (:func:`ssl_jax.evaluation.plots.write_plots`)."""
+    from ssl_jax.evaluation.plots import (  # matplotlib only when plotting
+        balanced_subsample,
+        plot_embeddings,
+        write_plots,
+    )
 
     t = time.perf_counter()
-    ssl = "ssl" in inputs.test_x
-    written = write_plots(
-        run.workdir,
-        rows=rows,
-        test_features=inputs.test_x["ssl"] if ssl else None,
-        test_labels=inputs.test_y if ssl else None,
-        class_names=getattr(inputs.test_source, "class_names", None),
-        seed=inputs.seed,
-    )
+    written = []
+    if "ssl" in inputs.test_x:
+        n = len(balanced_subsample(inputs.test_y, MAP_POINTS, seed=inputs.seed))
+        with stage(
+            "maps", f"PCA and t-SNE of the ssl features of {n:,} {inputs.test_split} images"
+        ):
+            written += plot_embeddings(
+                inputs.test_x["ssl"],
+                inputs.test_y,
+                run.workdir,
+                class_names=getattr(inputs.test_source, "class_names", None),
+                max_points=MAP_POINTS,
+                seed=inputs.seed,
+            )
+    else:
+        stage.total -= 1
+    with stage("plots", "training curves and label efficiency"):
+        written += write_plots(run.workdir, rows=rows, seed=inputs.seed)
     logs.console(
         f"pictures ({time.perf_counter() - t:.1f} s): "
         + ", ".join(os.path.basename(w) for w in written)
     )
+    report.write_figures_to_tensorboard(run, written, step=inputs.step)

@@ -1,5 +1,7 @@
 """`ssl-jax embed`: a run's features for any data source, in source order."""
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -20,7 +22,8 @@ def workdir(tmp_path_factory):
 def test_embed_a_folder_of_images(workdir, tmp_path, capsys):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (5, 20, 20), dtype=np.uint8)
-    for i, name in enumerate(["a/0.png", "a/1.png", "b/2.png", "b/3.png", "b/4.png"]):
+    # A newline in a file name used to split its _files.txt line in two, shifting later rows.
+    for i, name in enumerate(["a/0.png", "a/1.png", "b/2\nx.png", "b/3.png", "b/4.png"]):
         (tmp_path / "imgs" / name).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(images[i], "L").save(tmp_path / "imgs" / name)
     out = tmp_path / "out" / "features.npy"
@@ -38,11 +41,12 @@ def test_embed_a_folder_of_images(workdir, tmp_path, capsys):
     expected = np.asarray(load_encoder(workdir)(resized[..., None]))
     np.testing.assert_allclose(feats, expected, atol=0.05 * np.abs(expected).max())
     assert "embedded 5 images" in capsys.readouterr().out
-    # Which file each row is, relative to the folder read.
-    assert (tmp_path / "out" / "features_files.txt").read_text().splitlines() == [
+    # Which file each row is, relative to the folder read: one JSON string per line.
+    lines = (tmp_path / "out" / "features_files.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [
         "a/0.png",
         "a/1.png",
-        "b/2.png",
+        "b/2\nx.png",
         "b/3.png",
         "b/4.png",
     ]
@@ -101,7 +105,8 @@ def test_embed_never_shifts_rows_past_an_unreadable_file(workdir, tmp_path, caps
     # Explicitly leaving them out: every row is still the file listed beside it.
     assert cli.main([*args, "--out", str(out), "--skip_unreadable"]) == 0
     assert "left out 2 unreadable image file(s): a/1.png, b/3.png" in capsys.readouterr().out
-    assert (tmp_path / "f_files.txt").read_text().splitlines() == ["a/0.png", "b/2.png"]
+    lines = (tmp_path / "f_files.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == ["a/0.png", "b/2.png"]
     np.testing.assert_array_equal(np.load(tmp_path / "f_labels.npy"), [0, 1])
     expected = np.asarray(load_encoder(workdir)(images[[0, 2], ..., None]))
     np.testing.assert_allclose(np.load(out), expected, atol=1e-4 * np.abs(expected).max())
@@ -170,6 +175,12 @@ def test_embed_errors(workdir, tmp_path):
     msg = error(["--workdir", workdir, "--data", "nosuch", "--out", str(tmp_path / "x.npy")])
     assert "nosuch" in msg
     assert not (tmp_path / "x.npy").exists()
+    # An --out that cannot be written fails before any work (it used to fail after), naming it.
+    (tmp_path / "a_file").write_text("")
+    bad = tmp_path / "a_file" / "sub" / "x.npy"
+    msg = error(["--workdir", "never/loaded", "--data", "synthetic", "--out", str(bad)])
+    assert msg.startswith("ssl-jax embed: cannot write the --out files in ")
+    assert str(bad.parent) in msg and "config.json" not in msg
 
 
 # ----------------------------------------------------------------------------- load_encoder inputs

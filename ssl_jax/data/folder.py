@@ -17,10 +17,23 @@ images as a 'test' split inflates every result. Folders named like splits (train
 valid, validation) are never read as classes.
 
 Files are found recursively and sorted by their relative path, so the order (and thus the
-shuffles of the pipeline) is the same on every machine. Class indices are the sorted names of the
-first-level folders that contain images. Images are converted to RGB (channels=3, the default,
-also for grayscale files, so that mixed folders stack) or to grayscale L (channels=1), then
-resized (shorter side to image_size) and center-cropped to [image_size, image_size].
+shuffles of the pipeline) is the same on every machine. The scan is safe on trees nobody checked
+(`folder_scan`): symlinked folders are followed but no folder is entered twice (loops end), and
+only regular files are opened (a FIFO named x.png is skipped, with a warning).
+
+Class indices are the sorted names of the class folders of ALL splits together (the union of
+train/<class>, test/<class>, ...), so label i is the same class in every split even when test/
+lacks a class; this is what a user of torchvision's ImageFolder gets by passing one class list to
+both splits, and what a kNN or linear probe needs. A class folder of test/ that train/ lacks is
+kept (its images count as errors: no probe trained on train/ can predict it) with a warning.
+Like ImageFolder's, a class is a folder name: a class folder without images keeps its index.
+
+Images are decoded by `image_file.decode_image`: 16-bit files scaled to 8 bits, JPEGs decoded at
+reduced size, and a pixel limit (`max_pixels`, default `image_file.MAX_IMAGE_PIXELS`, or
+$SSL_JAX_MAX_IMAGE_PIXELS) that keeps memory bounded: a larger image is an unreadable file. They
+are converted to RGB (channels=3, the default, also for grayscale files, so that mixed folders
+stack) or to grayscale L (channels=1), then resized (shorter side to image_size) and
+center-cropped to [image_size, image_size].
 
 Unreadable or corrupt files, `unreadable=`:
   'substitute' (default; for training): the example is replaced by the next readable file
@@ -47,11 +60,24 @@ from typing import Any
 
 import numpy as np
 
-from ssl_jax.data.sources import Example, Source, check_index, resize_center_crop
+from ssl_jax.data.folder_scan import (
+    IMAGE_EXTENSIONS,
+    SPLIT_FOLDER_NAMES,
+    class_folders,
+    scan_image_folder,
+)
+from ssl_jax.data.image_file import decode_image, max_image_pixels
+from ssl_jax.data.sources import Example, Source, check_index
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-# First-level folders with these names (any case) are splits, never classes.
-SPLIT_FOLDER_NAMES = ("train", "test", "val", "valid", "validation")
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "SPLIT_FOLDER_NAMES",
+    "FolderSource",
+    "UnreadableImageError",
+    "open_folder",
+    "scan_image_folder",
+    "split_folder",
+]
 UNREADABLE_MODES = ("substitute", "raise")
 _PROBE_FILES = 8  # files decoded when a source is built: one must decode
 
@@ -65,20 +91,6 @@ class UnreadableImageError(ValueError):
     def __init__(self, message: str, path: str):
         super().__init__(message)
         self.path = path
-
-
-def scan_image_folder(root: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """Returns (sorted relative paths of the image files under root, sorted class names)."""
-    root = os.fspath(root)
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for f in filenames:
-            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
-                files.append(os.path.relpath(os.path.join(dirpath, f), root))
-    files = sorted(Path(f).as_posix() for f in files)
-    classes = sorted({f.split("/", 1)[0] for f in files if "/" in f})
-    return files, classes
 
 
 def split_folder(root: str | os.PathLike, split: str | None) -> Path:
@@ -117,6 +129,27 @@ def split_folder(root: str | os.PathLike, split: str | None) -> Path:
     return root
 
 
+def _classes(top: Path, split_root: Path, files: list[str]) -> list[str]:
+    """The class names of every split of `top` (sorted union, see the module docstring); warns
+    when the split read (`split_root`) has class folders that train/ lacks."""
+    per_split = class_folders(top, split_root)
+    classes = set().union(*per_split.values())
+    classes |= {f.split("/", 1)[0] for f in files if "/" in f}  # a folder made since the listing
+    train = per_split.get("train")
+    if train is not None and split_root.name != "train":
+        extra = sorted(set(per_split.get(split_root.name, ())) - set(train))
+        if extra:
+            warnings.warn(
+                f"Image folder {os.fspath(split_root)!r} has class folder(s) that "
+                f"{os.fspath(top / 'train')!r} lacks: {', '.join(extra[:10])}. Their images keep "
+                "their own labels but count as errors: no probe trained on train/ can predict "
+                "them. Add training images of these classes, or check the folder names.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return sorted(classes)
+
+
 class FolderSource(Source):
     """Images under `path` (recursive), labelled by their first-level subfolder.
 
@@ -128,6 +161,9 @@ class FolderSource(Source):
         split reads `path` itself when it has no split sub-folders; see `split_folder`.
       channels: 3 (RGB) or 1 (grayscale L).
       unreadable: 'substitute' (the next readable file, with a warning) or 'raise'.
+      max_pixels: the largest image decoded (pixels, after JPEG's reduced-size decoding); a
+        larger one is an unreadable file. None: $SSL_JAX_MAX_IMAGE_PIXELS, else
+        `image_file.MAX_IMAGE_PIXELS` (40 Mpx).
     """
 
     def __init__(
@@ -138,11 +174,12 @@ class FolderSource(Source):
         split: str | None = None,
         channels: int = 3,
         unreadable: str = "substitute",
+        max_pixels: int | None = None,
     ):
-        root = Path(path).expanduser()
-        if not root.is_dir():
-            raise FileNotFoundError(f"Image folder {os.fspath(root)!r} does not exist.")
-        root = split_folder(root, split)
+        top = Path(path).expanduser()
+        if not top.is_dir():
+            raise FileNotFoundError(f"Image folder {os.fspath(top)!r} does not exist.")
+        root = split_folder(top, split)
         if image_size is None:
             raise ValueError(
                 f"Image folder {os.fspath(root)!r} needs an image size: set "
@@ -153,15 +190,24 @@ class FolderSource(Source):
             raise ValueError(f"channels must be 3 (RGB) or 1 (grayscale L), got {channels}")
         if unreadable not in UNREADABLE_MODES:
             raise ValueError(f"unreadable must be one of {UNREADABLE_MODES}, got {unreadable!r}")
-        files, classes = scan_image_folder(root)
+        max_pixels = max_image_pixels() if max_pixels is None else int(max_pixels)
+        if max_pixels <= 0:
+            raise ValueError(f"max_pixels must be a positive number of pixels, got {max_pixels}")
+        scan = scan_image_folder(root)
+        problems = scan.problems(os.fspath(root))
+        if problems:
+            warnings.warn(problems, RuntimeWarning, stacklevel=2)
+        files = scan.files
         if not files:
             raise FileNotFoundError(
                 f"No images found in {os.fspath(root)!r} (searched recursively for the "
                 f"extensions {', '.join(IMAGE_EXTENSIONS)}, case-insensitive)."
             )
+        classes = _classes(top, root, files)
         class_index = {c: i for i, c in enumerate(classes)}
         self.root = os.fspath(root)
         self.files = files
+        self.max_pixels = max_pixels
         self.labels = np.asarray(
             [class_index[f.split("/", 1)[0]] if "/" in f else -1 for f in files], np.int32
         )
@@ -215,14 +261,12 @@ class FolderSource(Source):
         return new
 
     def _decode(self, index: int) -> np.ndarray:
-        from PIL import Image
-
-        mode = "RGB" if self.channels == 3 else "L"
-        with Image.open(os.path.join(self.root, self.files[index])) as im:
-            # JPEG only: decode at a reduced scale that is still >= image_size (much faster).
-            im.draft(mode, (self.image_size, self.image_size))
-            im = im.convert(mode)
-        return resize_center_crop(im, self.image_size)
+        return decode_image(
+            os.path.join(self.root, self.files[index]),
+            image_size=self.image_size,
+            mode="RGB" if self.channels == 3 else "L",
+            max_pixels=self.max_pixels,
+        )
 
     def _record(self, index: int, error: Exception) -> bool:
         """Records file `index` as unreadable; True the first time."""

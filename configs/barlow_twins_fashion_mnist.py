@@ -7,7 +7,9 @@ loss scaled by 0.1; a 3-layer 1024-wide projector. Variants ``:quick`` and ``:fu
 """
 
 from ssl_jax.config import base_config
-from ssl_jax.recipe_blocks import fashion_mnist
+from ssl_jax.recipe_blocks import FASHION_MNIST_VARIANTS, fashion_mnist
+
+VARIANTS = FASHION_MNIST_VARIANTS  # :quick, :full
 
 
 def get_config(arg: str | None = None):

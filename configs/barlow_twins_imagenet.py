@@ -12,6 +12,8 @@ views; bfloat16 compute. Needs imagenet2012 for TFDS.
 from ssl_jax.config import base_config
 from ssl_jax.recipe_blocks import imagenet
 
+VARIANTS: dict[str, str] = {}  # none
+
 
 def get_config(arg: str | None = None):
     c = imagenet(base_config(), arg, epochs=1000, batch_size=2048)

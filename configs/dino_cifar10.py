@@ -11,6 +11,8 @@ gradient clipping at 3; BYOL's asymmetric global views (DINO's). Needs CIFAR-10 
 from ssl_jax.config import base_config
 from ssl_jax.recipe_blocks import CIFAR10_TRAIN_IMAGES, cifar10
 
+VARIANTS: dict[str, str] = {}  # none
+
 
 def get_config(arg: str | None = None):
     c = cifar10(base_config(), arg, epochs=300, batch_size=512)

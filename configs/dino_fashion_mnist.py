@@ -17,6 +17,11 @@ it needs a longer run than this, and it is not yet known how much longer. Varian
 from ssl_jax.config import base_config
 from ssl_jax.recipe_blocks import fashion_mnist
 
+VARIANTS = {
+    "quick": "a 20-step smoke test (batch 64)",
+    "full": "GPU-sized: patch 4, 6 local crops of 12 px, batch 512, 100 epochs",
+}
+
 
 def get_config(arg: str | None = None):
     c = fashion_mnist(base_config(), arg)

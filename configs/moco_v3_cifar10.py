@@ -10,6 +10,8 @@ temperature 0.2, momentum 0.99 -> 1, BN-ended projector 4096 x 3 -> 256 and pred
 from ssl_jax.config import base_config
 from ssl_jax.recipe_blocks import cifar10
 
+VARIANTS: dict[str, str] = {}  # none
+
 
 def get_config(arg: str | None = None):
     c = cifar10(base_config(), arg, epochs=1000, batch_size=256)

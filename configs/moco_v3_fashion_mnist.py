@@ -8,7 +8,9 @@ Variants ``:quick`` and ``:full``.
 """
 
 from ssl_jax.config import base_config
-from ssl_jax.recipe_blocks import fashion_mnist
+from ssl_jax.recipe_blocks import FASHION_MNIST_VARIANTS, fashion_mnist
+
+VARIANTS = FASHION_MNIST_VARIANTS  # :quick, :full
 
 
 def get_config(arg: str | None = None):

@@ -10,6 +10,8 @@ CIFAR-10 prepared for TFDS in the data dir (`tfds build cifar10` where there is 
 from ssl_jax.config import base_config
 from ssl_jax.recipe_blocks import cifar10
 
+VARIANTS: dict[str, str] = {}  # none
+
 
 def get_config(arg: str | None = None):
     c = cifar10(base_config(), arg, epochs=1000)

@@ -9,7 +9,9 @@ run (batch 512, 150 epochs, twice the channels): ``--config configs/simclr_fashi
 """
 
 from ssl_jax.config import base_config
-from ssl_jax.recipe_blocks import fashion_mnist
+from ssl_jax.recipe_blocks import FASHION_MNIST_VARIANTS, fashion_mnist
+
+VARIANTS = FASHION_MNIST_VARIANTS  # :quick, :full
 
 
 def get_config(arg: str | None = None):

@@ -11,6 +11,8 @@ Needs imagenet2012 prepared for TFDS (manual download) in the data dir.
 from ssl_jax.config import base_config
 from ssl_jax.recipe_blocks import imagenet
 
+VARIANTS: dict[str, str] = {}  # none
+
 
 def get_config(arg: str | None = None):
     c = imagenet(base_config(), arg, epochs=100)

@@ -11,7 +11,9 @@ from step 300 in this 5-epoch run: +0.6 points over raw pixels with 1% of the la
 """
 
 from ssl_jax.config import base_config
-from ssl_jax.recipe_blocks import fashion_mnist
+from ssl_jax.recipe_blocks import FASHION_MNIST_VARIANTS, fashion_mnist
+
+VARIANTS = FASHION_MNIST_VARIANTS  # :quick, :full
 
 
 def get_config(arg: str | None = None):

@@ -11,6 +11,8 @@ predictor 2048 -> 512 -> 2048, its lr fixed at the peak (the official code's ``-
 from ssl_jax.config import base_config
 from ssl_jax.recipe_blocks import imagenet
 
+VARIANTS: dict[str, str] = {}  # none
+
 
 def get_config(arg: str | None = None):
     c = imagenet(base_config(), arg, epochs=100, batch_size=512)

@@ -9,6 +9,8 @@ solo-learn's CIFAR recipe: LARS lr 0.3 x B/256, weight decay 1e-4, 10 warm-up ep
 from ssl_jax.config import base_config
 from ssl_jax.recipe_blocks import cifar10
 
+VARIANTS: dict[str, str] = {}  # none
+
 
 def get_config(arg: str | None = None):
     c = cifar10(base_config(), arg, epochs=1000, batch_size=256)

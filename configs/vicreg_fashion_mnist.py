@@ -7,7 +7,9 @@ solo-learn's CIFAR recipe scaled down: LARS, lr 0.3 x B/256, weight decay 1e-4, 
 """
 
 from ssl_jax.config import base_config
-from ssl_jax.recipe_blocks import fashion_mnist
+from ssl_jax.recipe_blocks import FASHION_MNIST_VARIANTS, fashion_mnist
+
+VARIANTS = FASHION_MNIST_VARIANTS  # :quick, :full
 
 
 def get_config(arg: str | None = None):

@@ -10,6 +10,8 @@ compute. Needs imagenet2012 prepared for TFDS in the data dir.
 from ssl_jax.config import base_config
 from ssl_jax.recipe_blocks import imagenet
 
+VARIANTS: dict[str, str] = {}  # none
+
 
 def get_config(arg: str | None = None):
     c = imagenet(base_config(), arg, epochs=1000, batch_size=2048)

@@ -1,7 +1,8 @@
 """The ``ssl-jax`` command: parse the command line, then call the library. Nothing else.
 
-    ssl-jax pretrain --config configs/simclr_fashion_mnist.py --workdir runs/simclr \
+    ssl-jax pretrain --config simclr_fashion_mnist --workdir runs/simclr \
         [--config.total_steps=2000 --config.batch_size=512 ...]
+    ssl-jax recipes [simclr_fashion_mnist:quick]
     ssl-jax evaluate --workdir runs/simclr [--label_fractions=0.01,0.1,1.0]
     ssl-jax embed --workdir runs/simclr --data folder:/my/images --out features.npy
 
@@ -12,132 +13,43 @@ Multi-process (one process per host, or several on one machine for testing):
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from absl import flags
-from ml_collections import config_flags
 
 USAGE = """usage: ssl-jax COMMAND [flags]
 
 commands:
-  pretrain   self-supervised pretraining:
-             ssl-jax pretrain --config configs/<recipe>.py --workdir DIR [--config.FIELD=VALUE ...]
+  pretrain   self-supervised pretraining from a recipe (a name, or a .py file):
+             ssl-jax pretrain --config RECIPE[:VARIANT] --workdir DIR [--config.FIELD=VALUE ...]
+  recipes    the recipes with their variants; one recipe's settings:
+             ssl-jax recipes [RECIPE[:VARIANT]]
   evaluate   kNN and linear probes of a run's encoder and baselines (writes DIR/eval.json, .md):
              ssl-jax evaluate --workdir DIR [--label_fractions=0.01,0.1,1.0]
   embed      a run's frozen features for a data source, in order (labels beside, if any):
              ssl-jax embed --workdir DIR --data SOURCE --out features.npy [--split=train]
-             (for an image folder also OUT_files.txt, the file of each row; a file that
+             (for an image folder also OUT_files.jsonl, the file of each row; a file that
              cannot be decoded is an error unless --skip_unreadable)
+  export     a run's encoder alone, to hand on (safetensors + encoder.json; DIR/exported/):
+             ssl-jax export --workdir DIR [--out OUT_DIR] [--step N] [--format torch]
 
-Run `ssl-jax COMMAND --help` for a command's flags.
+Run `ssl-jax COMMAND --help` for a command's flags; `ssl-jax --version` prints the version.
+--verbose (with any command) also prints the host settings that matter for speed.
 """
-
-
-def _pretrain_flags(argv: list[str]) -> flags.FlagValues:
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file(
-        "config",
-        None,
-        "Recipe file defining get_config() (e.g. configs/simclr_fashion_mnist.py).",
-        flag_values=fv,
-        sys_argv=argv,  # config_flags finds the --config.FIELD overrides here, not in sys.argv
-    )
-    flags.DEFINE_string(
-        "workdir", None, "Run directory: checkpoints, metrics, config.", flag_values=fv
-    )
-    flags.DEFINE_string(
-        "coordinator_address", None, "host:port of process 0 (multi-process).", flag_values=fv
-    )
-    flags.DEFINE_integer(
-        "num_processes", None, "Number of processes (multi-process).", flag_values=fv
-    )
-    flags.DEFINE_integer(
-        "process_id", None, "This process's index (multi-process).", flag_values=fv
-    )
-    return fv
-
-
-def _parse(fv: flags.FlagValues, argv: list[str]):
-    try:
-        fv(argv)
-        return fv["config"].value
-    except (AttributeError, KeyError, TypeError) as e:
-        # ml_collections, applying the overrides: AttributeError for a misspelt leaf
-        # (--config.model.encodr), KeyError for a misspelt group (--config.modle.encoder),
-        # TypeError for a leaf used as a group (--config.model.encoder.x). Name the override and
-        # the closest schema field; anything else (e.g. a bug in the recipe file) is not ours.
-        bad = _unknown_override(argv)
-        if bad is not None:
-            raise SystemExit(f"ssl-jax: {_unknown_field_message(bad)}") from None
-        if not isinstance(e, AttributeError):
-            raise
-        msg = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
-        raise SystemExit(f"ssl-jax: unknown config field in an override: {msg}") from None
-    except flags.UnrecognizedFlagError as e:
-        name = getattr(e, "flagname", "") or ""
-        if name.startswith("config."):
-            raise SystemExit(f"ssl-jax: {_unknown_field_message(name[len('config.') :])}") from None
-        raise SystemExit(f"ssl-jax: {e}") from None
-    except (flags.Error, FileNotFoundError, OSError) as e:
-        raise SystemExit(f"ssl-jax: {e}") from None
-
-
-def _schema_paths() -> tuple[set[str], set[str]]:
-    """(leaf fields, groups) of the config schema as dotted paths: ('model.encoder', 'model')."""
-    from ssl_jax.config import base_config, field_names
-
-    leaves = set(field_names(base_config()))
-    parts = [name.split(".") for name in leaves]
-    return leaves, {".".join(p[:i]) for p in parts for i in range(1, len(p))}
-
-
-def _unknown_override(argv: list[str]) -> str | None:
-    """The first ``--config.PATH`` override whose PATH is no field of the schema, or None."""
-    leaves, groups = _schema_paths()
-    for arg in argv:
-        if arg.startswith("--config."):
-            path = arg[len("--config.") :].split("=", 1)[0]
-            if path not in leaves and path not in groups:
-                return path
-    return None
-
-
-def _unknown_field_message(field: str) -> str:
-    """Name the unknown config field and the closest known one (a field, else a group)."""
-    import difflib
-
-    from ssl_jax.config import RENAMED, closest_field
-
-    if field in RENAMED:
-        return f"config field '{field}' is now '{RENAMED[field]}': use --config.{RENAMED[field]}."
-    close = closest_field(field)
-    if close is None:
-        groups = difflib.get_close_matches(field, _schema_paths()[1], n=1)
-        close = f"{groups[0]}.FIELD" if groups else None
-    hint = f" (did you mean --config.{close}?)" if close else ""
-    return f"unknown config field '{field}'{hint}. See ssl_jax/config.py for every field."
 
 
 def pretrain(argv: list[str], *, extra_hooks: Sequence[Any] = ()) -> int:
     """`ssl-jax pretrain`: parse flags and config, train, then evaluate unless turned off.
     ``extra_hooks`` go to :func:`ssl_jax.train.train` (tests install fault injection so)."""
-    argv = ["ssl-jax pretrain", *argv]
-    fv = _pretrain_flags(argv)
-    if "--help" in argv or "-h" in argv:
-        from ssl_jax.config import describe_fields
+    from ssl_jax import pretrain_args
 
-        print("usage: ssl-jax pretrain --config FILE --workdir DIR [--config.FIELD=VALUE ...]\n")
-        print(fv.module_help(__name__))
-        print(
-            "\nconfig fields, each settable as --config.FIELD=VALUE (the defaults of "
-            "ssl_jax/config.py; a recipe changes some):\n" + describe_fields()
-        )
+    parsed = pretrain_args.parse(argv)
+    if parsed is None:  # it printed the help
         return 0
-    config = _parse(fv, argv)
-    if config is None or fv.workdir is None:
-        raise SystemExit("ssl-jax pretrain: both --config FILE and --workdir DIR are required.")
+    fv, config = parsed
 
     from ssl_jax import parallel
 
@@ -147,7 +59,7 @@ def pretrain(argv: list[str], *, extra_hooks: Sequence[Any] = ()) -> int:
     from ssl_jax import host_memory, logs, train
 
     if jax.process_index() == 0:
-        logs.console(host_memory.status())
+        logs.detail(host_memory.status())  # shown with --verbose; always in train.log
 
     try:
         train.train(config, fv.workdir, extra_hooks=extra_hooks)
@@ -166,11 +78,18 @@ def pretrain(argv: list[str], *, extra_hooks: Sequence[Any] = ()) -> int:
         from ssl_jax.evaluation import evaluate as run_evaluation
 
         try:
-            run_evaluation(fv.workdir, finetune_fractions=config.eval_finetune_fractions)
+            run_evaluation(  # a folder without labels or a test split: one line, skipped
+                fv.workdir, finetune_fractions=config.eval_finetune_fractions, unevaluable="skip"
+            )
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(
                 f"ssl-jax pretrain: training finished; evaluation failed: {e}"
             ) from None
+    elif jax.process_index() == 0:
+        logs.console(
+            f"evaluation skipped (config.eval_at_end=False): `ssl-jax evaluate --workdir "
+            f"{fv.workdir}` evaluates the run"
+        )
     return 0
 
 
@@ -227,6 +146,7 @@ def _evaluate_flags() -> flags.FlagValues:
         "Peak AdamW lr of the encoder when fine-tuning (default: 3e-3).",
         flag_values=fv,
     )
+    flags.DEFINE_bool("write", True, "--nowrite: print the results only.", flag_values=fv)
     flags.DEFINE_bool(
         "plots",
         True,
@@ -294,12 +214,15 @@ def evaluate(argv: list[str]) -> int:
             step=fv.step,
             test_split=fv.test_split,
             batch_size=fv.batch_size,
+            write=fv.write,
             plots=fv.plots,
             **fractions,
             **optional,
         )
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        raise SystemExit(f"ssl-jax evaluate: {e}") from None
+        denied = getattr(e, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS)
+        hint = " Or pass --nowrite to print the results only." if denied else ""
+        raise SystemExit(f"ssl-jax evaluate: {e}{hint}") from None
     return 0
 
 
@@ -325,27 +248,26 @@ def _embed_flags() -> flags.FlagValues:
         "skip_unreadable",
         False,
         "folder: data: leave out the image files that cannot be decoded (they are listed) "
-        "instead of stopping; OUT_files.txt names the file of every row.",
+        "instead of stopping; OUT_files.jsonl names the file of every row (one JSON string "
+        "per line, safe for any file name).",
         flag_values=fv,
     )
     return fv
 
 
-def _embed_config(config, spec: str, data_dir: str | None):
-    """The run's config reading ``spec`` as the run read its own data: the same channels and
-    host resize for a folder (the encoder resizes to image_size on the device, so embed's
-    features equal evaluate's), the run's data_dir unless ``data_dir`` is given, and a folder's
-    unreadable file an error (row i is file i)."""
-    config = config.copy_and_resolve_references()
-    config.dataset = spec
-    config.data_dir = data_dir or config.data_dir
-    config.data_in_memory = False
-    is_folder = spec.startswith("folder:")
-    with config.ignore_type():
-        config.data_image_size = (
-            (config.data_image_size or config.image_size) if is_folder else None
-        )
-    return config
+def _check_writable_dir(directory: str) -> None:
+    """Creates `directory` and checks that a file can be written there (SystemExit naming it)."""
+    import os
+    import tempfile
+
+    try:
+        os.makedirs(directory, exist_ok=True)
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as e:
+        raise SystemExit(
+            f"ssl-jax embed: cannot write the --out files in {directory!r} "
+            f"({e.strerror or e}): choose another --out."
+        ) from None
 
 
 def embed(argv: list[str]) -> int:
@@ -360,20 +282,20 @@ def embed(argv: list[str]) -> int:
 
     import os
 
-    import numpy as np
-
-    from ssl_jax import data, logs
+    from ssl_jax import data, logs, outputs
     from ssl_jax.evaluation import extract_features, load_encoder
+    from ssl_jax.run import with_data
 
     out = fv.out if fv.out.endswith(".npy") else fv.out + ".npy"
     stem = out[: -len(".npy")]
+    _check_writable_dir(os.path.dirname(os.path.abspath(out)))  # before the work, not after
     is_folder = fv.data.startswith("folder:")
     skipped: list[str] = []
     listing = ""
     try:
         encoder = load_encoder(fv.workdir, step=fv.step)
         source = data.source_from_config(
-            _embed_config(encoder.config, fv.data, fv.data_dir), fv.split, unreadable="raise"
+            with_data(encoder.config, fv.data, fv.data_dir), fv.split, unreadable="raise"
         )
         channels = int(encoder.config.image_channels)
         if source.image_shape[-1] != channels:
@@ -397,24 +319,26 @@ def embed(argv: list[str]) -> int:
                 raise ValueError(
                     f"{len(skipped)} of the {len(source):,} image files in {source.root} cannot "
                     f"be decoded: {listing}. Remove or repair them, or pass --skip_unreadable "
-                    f"to embed the others ({stem}_files.txt then names the file of every row)."
+                    f"to embed the others ({stem}_files.jsonl then names the file of every row)."
                 ) from None
             source = source.without(skipped)
             feats, labels = run(source)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"ssl-jax embed: {e}") from None
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    np.save(out, feats["f"])
+    outputs.write_npy(out, feats["f"])  # a link there is replaced, never written through
     written = [f"{out} (float32 {feats['f'].shape})"]
     if (labels >= 0).all():
         labels_out = stem + "_labels.npy"
-        np.save(labels_out, labels)
+        outputs.write_npy(labels_out, labels)
         written.append(f"{labels_out} (int32 [{len(labels)}])")
-    if is_folder:  # which file each row is (paths relative to the folder read)
-        files_out = stem + "_files.txt"
-        with open(files_out, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.writelines(path + "\n" for path in source.files)
-        written.append(f"{files_out} (paths relative to {source.root})")
+    if is_folder:  # which file each row is: one JSON string per line, so any name is one line
+        import json
+
+        files_out = stem + "_files.jsonl"
+        # ensure_ascii: non-UTF-8 names too
+        outputs.write_text(files_out, "".join(json.dumps(path) + "\n" for path in source.files))
+        written.append(f"{files_out} (paths relative to {source.root}, JSON lines)")
     logs.console(
         f"embedded {len(labels):,} images of {source.name} with {encoder.workdir} "
         f"(step {encoder.step}): " + ", ".join(written)
@@ -424,15 +348,102 @@ def embed(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"pretrain": pretrain, "evaluate": evaluate, "embed": embed}
+def recipes(argv: list[str]) -> int:
+    """`ssl-jax recipes [RECIPE[:VARIANT]]`: every recipe with its variants and description, or
+    the fields one recipe sets."""
+    from ssl_jax import recipes as recipes_lib
+
+    if any(a in ("-h", "--help") for a in argv):
+        print("usage: ssl-jax recipes [RECIPE[:VARIANT]]")
+        return 0
+    if len(argv) > 1 or (argv and argv[0].startswith("-")):
+        raise SystemExit("ssl-jax recipes: give at most one recipe, e.g. simclr_fashion_mnist.")
+    try:
+        text = recipes_lib.show(argv[0]) if argv else recipes_lib.listing()
+    except recipes_lib.RecipeError as e:
+        raise SystemExit(f"ssl-jax recipes: {e}") from None
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `ssl-jax recipes | head`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def _export_flags() -> flags.FlagValues:
+    fv = flags.FlagValues()
+    flags.DEFINE_string(
+        "workdir", None, "A pretraining run (config.json + checkpoints/).", flag_values=fv
+    )
+    flags.DEFINE_string(
+        "out", None, "Output directory (default: WORKDIR/exported).", flag_values=fv
+    )
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=fv)
+    flags.DEFINE_list(
+        "format",
+        [],
+        "Extra formats beside encoder.safetensors: torch (torchvision's ResNet / timm's ViT "
+        "names, torch.safetensors).",
+        flag_values=fv,
+    )
+    return fv
+
+
+def export(argv: list[str]) -> int:
+    """`ssl-jax export`: a run's encoder alone (safetensors + encoder.json), to hand on."""
+    fv = _export_flags()
+    usage = "usage: ssl-jax export --workdir DIR [--out OUT_DIR] [--step N] [--format torch]"
+    if not _parse_command("export", fv, argv, usage):
+        return 0
+    if fv.workdir is None:
+        raise SystemExit(f"ssl-jax export: --workdir DIR (a pretraining run) is required.\n{usage}")
+
+    import json
+    import os
+
+    from ssl_jax import logs, outputs
+    from ssl_jax.export import export_encoder
+
+    try:
+        out = export_encoder(fv.workdir, fv.out, step=fv.step, formats=fv.format)
+    except (ValueError, OSError, TypeError) as e:
+        if isinstance(e, OSError) and not isinstance(e, outputs.OutputError) and e.filename:
+            e = outputs.error(os.fspath(e.filename), e)  # names the place and the fix
+        raise SystemExit(f"ssl-jax export: {e}") from None
+    with open(os.path.join(out, "encoder.json"), encoding="utf-8") as f:
+        meta = json.load(f)
+    files = ", ".join(["encoder.json", *meta["files"].values()])
+    logs.console(
+        f"exported the {meta['model']['encoder']} encoder of step {meta['source']['step']} "
+        f"({meta['features']['dim']} features) to {out}: {files}. Load it with "
+        f"ssl_jax.load_encoder({out!r})."
+    )
+    return 0
+
+
+COMMANDS = {
+    "pretrain": pretrain,
+    "evaluate": evaluate,
+    "embed": embed,
+    "recipes": recipes,
+    "export": export,
+}
 
 
 def main(argv: list[str] | None = None, *, extra_hooks: Sequence[Any] = ()) -> int:
     """The `ssl-jax` entry point; returns the process exit status. ``extra_hooks``: training
     hooks for `pretrain` (:class:`ssl_jax.hooks.Hook`), for callers that embed the command."""
     argv = sys.argv[1:] if argv is None else argv
+    verbose = "--verbose" in argv  # anywhere on the line: logs.detail lines on the console
+    argv = [arg for arg in argv if arg != "--verbose"]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
+        return 0
+    if argv[0] in ("--version", "version"):
+        from ssl_jax import __version__
+
+        print(f"ssl-jax {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
@@ -444,10 +455,16 @@ def main(argv: list[str] | None = None, *, extra_hooks: Sequence[Any] = ()) -> i
         host_memory.configure()  # before JAX starts its backend (see host_memory)
     except ValueError as e:
         raise SystemExit(f"ssl-jax: {e}") from None
+    from ssl_jax import logs, outputs
+
+    logs.set_verbose(verbose)
+    logs.clear_pending()  # the run's log starts with this command's lines
     try:
         if command == "pretrain":
             return pretrain(rest, extra_hooks=extra_hooks)
         return COMMANDS[command](rest)
+    except outputs.OutputError as e:  # a file that cannot be written: disk full, a planted link
+        raise SystemExit(f"ssl-jax {command}: {e}") from None
     except KeyboardInterrupt as e:
         # A first Ctrl-C, SIGTERM or SIGHUP in pretraining saves a checkpoint of the last completed
         # step (train.TrainingInterrupted); a second one stops at once, from the last checkpoint.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+from collections.abc import Collection
 from typing import Any
 
 import ml_collections
@@ -46,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Steps and output.
     c.batch_size = 256  # GLOBAL batch over all devices and processes
     c.total_steps = 1000
+    c.total_epochs = config_dict.placeholder(int)  # if set: the length in epochs, not total_steps
     c.log_every = 50  # console line + metrics.jsonl + TensorBoard every N steps
     c.checkpoint_every = 500  # 0: only at the end
     c.eval_every = 1000  # kNN monitor (knn_top1 in the metrics) every N steps; 0: off
@@ -215,6 +217,70 @@ def check_known_fields(config: ml_collections.ConfigDict) -> None:
         raise ValueError("; ".join(problems) + ". See ssl_jax/config.py for every field.")
 
 
+def check_types(config: ml_collections.ConfigDict) -> None:
+    """Raise ValueError naming a tuple field whose items are not of the default's item type
+    (``--config.model.convnet.features=abc`` parses as ``('abc',)``); ml_collections itself
+    checks the scalar fields."""
+    reference = base_config()
+    for name in field_names(reference):
+        default, value = _get(reference, name), _get(config, name)
+        if not (isinstance(default, tuple) and default and isinstance(value, tuple)):
+            continue
+        kinds = {type(item) for item in default}
+        if kinds == {int, float}:
+            kinds = {float}
+        if len(kinds) != 1:
+            continue
+        wanted = kinds.pop()
+        accepted = (int, float) if wanted is float else (wanted,)
+        ok = all(
+            isinstance(item, accepted) and (wanted is bool or not isinstance(item, bool))
+            for item in value
+        )
+        example = ",".join(str(item) for item in default)
+        _require(ok, name, value, f"must be a tuple of {wanted.__name__}, e.g. ({example})")
+
+
+def _get(config: ml_collections.ConfigDict, name: str) -> Any:
+    for part in name.split("."):
+        config = config[part] if part in config else None
+        if config is None:
+            return None
+    return config
+
+
+def differences(
+    reference: ml_collections.ConfigDict, config: ml_collections.ConfigDict
+) -> list[tuple[str, Any]]:
+    """``(dotted name, value)`` of every field of ``config`` whose value differs from
+    ``reference`` (e.g. what a recipe changes in :func:`base_config`)."""
+    return [
+        (name, _get(config, name))
+        for name in field_names(config)
+        if _get(reference, name) != _get(config, name)
+    ]
+
+
+def settle_duration(config: ml_collections.ConfigDict, given: Collection[str]) -> None:
+    """Make the fields ``given`` on the command line (or as overrides) decide the run's length:
+    both ``total_steps`` and ``total_epochs`` is a ValueError; ``total_steps`` alone clears a
+    recipe's ``total_epochs``."""
+    if {"total_steps", "total_epochs"} <= set(given):
+        raise ValueError(
+            "config.total_steps and config.total_epochs are both given: set one of them (an "
+            "epoch count is turned into steps with the dataset's size)."
+        )
+    if "total_steps" in given:
+        config.total_epochs = None
+
+
+def resolve_total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> None:
+    """Set ``config.total_steps`` from ``config.total_epochs`` (when set) and the training
+    split's ``steps_per_epoch``; training calls this once the dataset is open."""
+    if config.total_epochs is not None:
+        config.total_steps = int(config.total_epochs) * max(int(steps_per_epoch), 1)
+
+
 def _require(ok: bool, field: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ValueError(f"config.{field}={value!r} is invalid: {allowed}.")
@@ -224,12 +290,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Fail fast on fields that are unknown or out of range, naming the field and the range.
     The method's and the encoder's blocks are checked by their own settings classes."""
     check_known_fields(config)
+    check_types(config)
     c = config
     _require(
         c.method in methods.METHODS, "method", c.method, f"use one of {methods.METHODS.names()}"
     )
     _require(c.batch_size >= 2, "batch_size", c.batch_size, "must be >= 2")
     _require(c.total_steps >= 1, "total_steps", c.total_steps, "must be >= 1")
+    _require(
+        c.total_epochs is None or c.total_epochs >= 1,
+        "total_epochs",
+        c.total_epochs,
+        "must be None (total_steps sets the length) or >= 1",
+    )
     _require(c.log_every >= 1, "log_every", c.log_every, "must be >= 1")
     _require(c.checkpoint_every >= 0, "checkpoint_every", c.checkpoint_every, "must be >= 0")
     _require(c.eval_every >= 0, "eval_every", c.eval_every, "must be >= 0 (0 turns it off)")
@@ -237,14 +310,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(c.image_size >= 8, "image_size", c.image_size, "must be >= 8 pixels")
     _require(c.image_channels in (1, 3), "image_channels", c.image_channels, "must be 1 or 3")
     _require(c.num_workers >= 0, "num_workers", c.num_workers, "must be >= 0")
-    _require(
-        not c.data_in_memory
-        or c.dataset in ("fashion_mnist", "synthetic")  # synthetic images are made in memory
-        or c.dataset.startswith("tfds:"),
-        "data_in_memory",
-        c.data_in_memory,
-        f"only fashion_mnist and tfds: datasets can be read into memory, not {c.dataset!r}",
-    )
+    for name in ("train_split", "eval_split"):  # a sub-folder of an image folder: not a path
+        split = c[name]
+        ok = split.strip(". ") != "" and not {"/", "\\"} & set(split)
+        _require(ok, name, split, "must be a split name such as 'train' or 'test', not a path")
+    # The dataset spec, a missing folder, and a recipe set up for other images (data_in_memory,
+    # channels) before anything else about the data: the real problem first, with its fix.
+    from ssl_jax.data.from_config import check_dataset
+
+    check_dataset(c)
     fractions = c.eval_finetune_fractions
     _require(
         fractions is None or (len(fractions) > 0 and all(f in (0.01, 0.1) for f in fractions)),

@@ -20,14 +20,16 @@ import dataclasses
 import functools
 import operator
 import os
+import sys
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from ssl_jax import config as config_lib
 from ssl_jax import parallel
+from ssl_jax import saved_config as saved
 from ssl_jax.methods import batch_keys, get_method
+from ssl_jax.models import stochastic_depth
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,20 +80,27 @@ class Run:
         return os.path.join(self.workdir, f"{name}.png")
 
     def saved_config(self) -> dict | None:
-        """config.json as saved (a dict), or None when missing or unreadable."""
-        return config_lib.read_saved(self.config_path)
+        """config.json as saved (a dict, unchecked), or None when missing or unreadable."""
+        return saved.read_saved(self.config_path)
 
     @property
     def config(self) -> Any:
         """The run's config (``config.json``; older field names migrated, fields added since
-        at their defaults). FileNotFoundError when this is no run directory."""
-        saved = self.saved_config()
-        if saved is None:
+        at their defaults), checked like a command-line config: a ValueError naming the file
+        and the field when it is damaged or invalid (:mod:`ssl_jax.saved_config`), and
+        FileNotFoundError when this is no run directory."""
+        try:
+            return saved.load(self.config_path)
+        except FileNotFoundError:
             raise FileNotFoundError(
-                f"{self.workdir} is not a run directory: it has no readable config.json "
+                f"{self.workdir} is not a run directory: it has no config.json "
                 "(ssl-jax pretrain --workdir DIR writes one)."
-            )
-        return config_lib.from_dict(saved)
+            ) from None
+        except OSError as e:
+            raise ValueError(
+                f"Cannot read {self.config_path} ({e.strerror or e}): check its permissions, or "
+                "choose another run directory."
+            ) from None
 
     def checkpointer(self, **kwargs: Any) -> Any:
         """An Orbax checkpointer of ``checkpoints/`` (``max_to_keep``, ``async_save``)."""
@@ -102,9 +111,10 @@ class Run:
         return Checkpointer(self.checkpoints_dir, **kwargs)
 
     def restore_state(self, step: int | str | None = None, *, config: Any = None) -> Any:
-        """The method's train state of checkpoint ``step`` (default: the latest) on the default
-        device, with the step at :attr:`TrainState.step`. FileNotFoundError names what is
-        missing; TypeError for a step that is not an int."""
+        """The method's train state of checkpoint ``step`` (default: the newest intact one) on
+        the default device, with the step at :attr:`TrainState.step`. FileNotFoundError names
+        what is missing (also when every step is damaged); ValueError for a damaged ``step``
+        or a checkpoint that does not fit the config; TypeError for a step that is not an int."""
         if step is not None:
             step = _as_step(step)
         config = self.config if config is None else config
@@ -118,17 +128,74 @@ class Run:
                 raise FileNotFoundError(
                     f"The run in {self.workdir} has no complete checkpoint yet."
                 )
-            if step is None:
-                step = steps[-1]
-            elif step not in steps:
+            if step is not None and step not in steps:
                 raise FileNotFoundError(
                     f"{self.checkpoints_dir} has no checkpoint {step}; it has {steps}."
                 )
             device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-            state, _ = ckpt.restore(step, abstract_state(config, device))
+            # A damaged or incomplete newest step falls back to the newest intact one (a
+            # warning on stderr names both); an explicit step must itself be intact.
+            _, state, _ = ckpt.restore_intact(
+                abstract_state(config, device), step, warn=_warn_stderr
+            )
         finally:
             ckpt.close()
         return state
+
+
+def with_data(config: Any, spec: str, data_dir: str | None = None) -> Any:
+    """A copy of the run's ``config`` reading ``spec`` (embed's ``--data``) as the run read its
+    own data: the same channels and host resize for a folder (the encoder resizes to image_size
+    on the device, so embed's features equal evaluate's), the run's data_dir unless
+    ``data_dir`` is given, and nothing read into memory."""
+    config = config.copy_and_resolve_references()
+    config.dataset = spec
+    config.data_dir = data_dir or config.data_dir
+    config.data_in_memory = False
+    with config.ignore_type():
+        config.data_image_size = (
+            (config.data_image_size or config.image_size) if spec.startswith("folder:") else None
+        )
+    return config
+
+
+def evaluation_data(config: Any, workdir: str, *, test_split: str = "test") -> Any:
+    """``config`` (the saved config of the run or export in ``workdir``), once its data may be
+    read by an evaluation scoring ``test_split``.
+
+    A run directory may come from someone else, and its config may name any folder, even
+    ``folder:/`` (a scan of the whole file system). So a ``folder:`` dataset is read only when it
+    is laid out as evaluation needs it anyway, ``DIR/<train_split>/`` and ``DIR/<test_split>/``
+    (checked with two ``stat`` calls, before anything is scanned), and it is announced on the
+    console before it is read. Otherwise a one-line ValueError names the folder and the file
+    that names it. A run trained here on a train/test folder passes without a flag."""
+    if not config.dataset.startswith("folder:"):
+        return config
+    path = os.path.abspath(os.path.expanduser(config.dataset[len("folder:") :]))
+    origin = os.path.join(workdir, "config.json")
+    if not os.path.isfile(origin):  # an exported encoder keeps the config in encoder.json
+        origin = os.path.join(workdir, "encoder.json")
+    splits = list(dict.fromkeys([config.train_split, test_split]))
+    missing = [s for s in splits if not os.path.isdir(os.path.join(path, s))]
+    if missing:
+        if os.path.isdir(path):
+            what = "has no " + " or ".join(f"'{s}/'" for s in missing) + " sub-folder"
+        else:
+            what = "is not a directory here"
+        layout = " and ".join(f"{os.path.join(path, s)}/<class>/..." for s in splits)
+        raise ValueError(
+            f"{origin} names the data folder:{path}, which {what}: nothing was read. Evaluation "
+            f"reads an image folder laid out as {layout}; put the run's images there, or "
+            'correct "dataset" in that file.'
+        )
+    from ssl_jax.console import console  # (ssl_jax.logs imports this module)
+
+    console(f"reading the run's data folder:{path} (named in {origin})")
+    return config
+
+
+def _warn_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _as_step(step: Any) -> int:
@@ -159,11 +226,27 @@ def jit_train_step(method: Any, mesh: jax.sharding.Mesh) -> Any:
     batch sharded on ``'data'``, outputs replicated, state donated. ``train()`` runs this."""
     repl = parallel.replicated(mesh)
     return jax.jit(
-        method.train_step,
+        with_drop_path_key(method.train_step),
         in_shardings=(repl, parallel.data_sharding(mesh), repl),
         out_shardings=(repl, repl),
         donate_argnums=(0,),
     )
+
+
+DROP_PATH_STREAM = 0x5D0D  # folded into the step key: the drop-path masks' own stream
+
+
+def with_drop_path_key(train_step: Any) -> Any:
+    """``train_step`` run inside :func:`ssl_jax.models.stochastic_depth.key_scope` with a key
+    of its own for every step: the randomness of drop-path layers in train mode."""
+
+    @functools.wraps(train_step)
+    def step(state: Any, batch: dict, key: jax.Array) -> Any:
+        drop_key = jax.random.fold_in(jax.random.fold_in(key, state.step), DROP_PATH_STREAM)
+        with stochastic_depth.key_scope(drop_key):
+            return train_step(state, batch, key)
+
+    return step
 
 
 def abstract_step_inputs(

@@ -23,12 +23,13 @@ from typing import Any
 import jax
 
 from ssl_jax import config as config_lib
-from ssl_jax import data, logs, parallel
+from ssl_jax import data, logs, outputs, parallel
 from ssl_jax import hooks as hooks_lib
+from ssl_jax.checkpoint import CheckpointMismatchError
 from ssl_jax.hooks import NonFiniteLossError, TrainingInterrupted
 from ssl_jax.methods import batch_keys, get_method
 from ssl_jax.run import Run, abstract_state, jit_train_step
-from ssl_jax.workdir_lock import WorkdirLock
+from ssl_jax.workdir_lock import LOCK_NAME, WorkdirLock
 
 __all__ = ["NonFiniteLossError", "TrainResult", "TrainingInterrupted", "train"]
 
@@ -100,25 +101,20 @@ def _check_labels(source: Any, config: Any) -> None:
         )
 
 
-def _restore(ckpt: Any, step: int, abstract: Any, run: Run, changes: list[str]) -> tuple:
-    """The checkpoint of ``step`` into ``abstract``; a ValueError naming the config changes
-    when the saved arrays do not fit this config's model and optimizer."""
+def _restore(ckpt: Any, abstract: Any, run: Run, changes: list[str]) -> tuple[int, Any, dict]:
+    """``(step, state, data_state)`` of the newest intact checkpoint: damaged or incomplete
+    newer steps are moved aside with a one-line warning (ssl_jax.checkpoint); a ValueError
+    naming the config changes when the saved arrays do not fit this config's model and
+    optimizer, and FileNotFoundError when no step is intact."""
     try:
-        mismatches = ckpt.mismatches(step, abstract)
-    except Exception:  # noqa: BLE001 - no readable metadata: let the restore itself decide
-        mismatches = []
-    if mismatches:
-        ckpt.close()
-        shown = "; ".join(mismatches[:3]) + (
-            f"; and {len(mismatches) - 3} more" if len(mismatches) > 3 else ""
-        )
+        return ckpt.restore_intact(abstract, set_aside=True, warn=logs.console)
+    except CheckpointMismatchError as e:
         raise ValueError(
-            f"The checkpoint {ckpt.directory}/{step} does not fit the model and optimizer "
-            f"of this config ({shown}). Config changes since the run began: "
+            f"The checkpoint {e.directory}/{e.step} does not fit the model and optimizer "
+            f"of this config ({e.shown}). Config changes since the run began: "
             f"{'; '.join(changes) or 'none found'}. Resume with the config saved in "
             f"{run.config_path}, or give a new --workdir."
-        )
-    return ckpt.restore(step, abstract)
+        ) from None
 
 
 def _header(loop: Loop, latest: int | None, changes: list[str], dropped: int) -> None:
@@ -155,6 +151,8 @@ def init_or_restore(config: Any, workdir: str) -> tuple[Loop, list[str], int | N
     mesh = parallel.make_mesh(config.num_devices)
     parallel.check_global_batch(config.batch_size, mesh)
     run = Run(workdir)
+    if jax.process_index() == 0:  # reading a dataset (a first build) and the init take a while
+        logs.console(f"opening {config.dataset} and preparing the {config.method} state ...")
     source = _open_source(config)
     iterator = data.train_iterator(
         source,
@@ -164,16 +162,22 @@ def init_or_restore(config: Any, workdir: str) -> tuple[Loop, list[str], int | N
         process_count=jax.process_count(),
         worker_count=config.num_workers,
     )
+    config_lib.resolve_total_steps(config, iterator.steps_per_epoch)  # config.total_epochs
     repl = parallel.replicated(mesh)
     ckpt = run.checkpointer(max_to_keep=config.keep_checkpoints)
-    latest = ckpt.latest_step()
-    changes = config_lib.changes(run.saved_config(), config) if latest is not None else []
+    try:
+        ckpt.check_writable()  # unwritable or full: one line now, not a failed save later
+        latest = ckpt.latest_step()
+        changes = config_lib.changes(run.saved_config(), config) if latest is not None else []
+        if latest is not None:
+            latest, state, data_state = _restore(ckpt, abstract_state(config, repl), run, changes)
+            iterator.set_state(data_state)
+    except BaseException:
+        ckpt.close()
+        raise
     if latest is None:
         init = get_method(config.method).init_state
         state = jax.jit(lambda k: init(config, k), out_shardings=repl)(jax.random.key(config.seed))
-    else:
-        state, data_state = _restore(ckpt, latest, abstract_state(config, repl), run, changes)
-        iterator.set_state(data_state)
     start = int(state.step)
     loop = Loop(config, run, mesh, source, iterator, ckpt, state, start, jax.process_index() == 0)
     loop.step = loop.saved_step = start
@@ -189,15 +193,31 @@ def train(config: Any, workdir: str, *, extra_hooks: Sequence[hooks_lib.Hook] = 
     state is saved), TrainingInterrupted after a Ctrl-C, SIGTERM or SIGHUP, and ValueError when
     another live run holds ``workdir`` (:class:`ssl_jax.workdir_lock.WorkdirLock`).
     """
-    loop, changes, latest = init_or_restore(config, workdir)
+    run = Run(workdir)  # an empty --workdir or a file: its own error, before anything else
+    config_lib.validate(config)  # a mistyped field makes no work directory
     with contextlib.ExitStack() as stack:
-        if loop.is_main:  # one live run per work directory (ValueError naming the holder)
-            try:
-                stack.enter_context(WorkdirLock(loop.run.workdir))
-            except ValueError:
-                loop.ckpt.close()
-                raise
+        if jax.process_index() == 0:
+            # One live run per work directory (ValueError naming the holder), taken before
+            # anything reads, moves aside or writes a checkpoint; the console also goes to
+            # W/train.log from here on, closed whatever ends the run.
+            _enter_lock(stack, run)
+            stack.enter_context(logs.RunLog(os.path.join(run.workdir, logs.TRAIN_LOG)))
+        loop, changes, latest = init_or_restore(config, run.workdir)
         return _train(loop, changes, latest, extra_hooks)
+
+
+def _enter_lock(stack: contextlib.ExitStack, run: Run) -> None:
+    """Make the work directory and take its :class:`WorkdirLock` in ``stack``; a directory that
+    cannot be made or written is an :class:`ssl_jax.outputs.OutputError` naming it."""
+    path = run.workdir
+    try:
+        os.makedirs(path, exist_ok=True)
+        path = os.path.join(run.workdir, LOCK_NAME)
+        stack.enter_context(WorkdirLock(run.workdir))
+    except OSError as e:
+        if isinstance(e, outputs.OutputError):
+            raise
+        raise outputs.error(path, e) from e
 
 
 def _train(
@@ -206,7 +226,7 @@ def _train(
     config = loop.config
     if loop.is_main:
         os.makedirs(loop.run.workdir, exist_ok=True)
-        logs.write_atomic(loop.run.config_path, config_lib.to_json(config))
+        outputs.write_text(loop.run.config_path, config_lib.to_json(config))
         loop.writer = logs.MetricWriter(loop.run.workdir, keep_through_step=loop.start_step)
         _header(loop, latest, changes, loop.writer.dropped)
     hooks = [*extra_hooks, *hooks_lib.default_hooks(loop)]

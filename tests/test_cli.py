@@ -159,11 +159,16 @@ def test_two_processes_equal_one(tmp_path):
 
 
 def test_pretrain_then_evaluate(tmp_path, capsys):
-    """The README's main job in miniature: pretrain, then the evaluation table and eval.json."""
-    config = tiny_config("simclr", total_steps=3, checkpoint_every=3, eval_at_end=True)
+    """The README's main job in miniature: pretrain, then the evaluation table and eval.json.
+    The length is given in epochs: 1 epoch of 96 images at batch 32 is 3 steps."""
+    config = tiny_config("simclr", batch_size=32, checkpoint_every=3, eval_at_end=True)
     # The recipe fine-tunes at 1% only; the override (parsed from the command line) picks 10%.
-    flags = [*config_flags_for(config), "--config.eval_finetune_fractions=(0.1,)"]
+    flags = [f for f in config_flags_for(config) if not f.startswith("--config.total_steps=")]
+    flags += ["--config.eval_finetune_fractions=(0.1,)", "--config.total_epochs=1"]
     assert cli.main(["pretrain", "--config", RECIPE, "--workdir", str(tmp_path), *flags]) == 0
+    assert [r["step"] for r in logs.read_metrics(str(tmp_path))] == [1, 2, 3]
+    saved = json.load(open(tmp_path / "config.json"))
+    assert (saved["total_steps"], saved["total_epochs"]) == (3, 1)
     rows = json.load(open(tmp_path / "eval.json"))
     assert {(r["representation"], r["protocol"]) for r in rows} >= {
         ("ssl", "linear"),
@@ -228,3 +233,84 @@ def test_ctrl_c_saves_the_last_step_and_the_run_resumes_exactly(tmp_path, monkey
     records = logs.read_metrics(str(tmp_path / "run"))
     assert [r["step"] for r in records] == list(range(1, 9))
     assert all(r["loss"] == expected[r["step"]] for r in records)
+
+
+def test_version(capsys):
+    import ssl_jax
+
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out == f"ssl-jax {ssl_jax.__version__}\n"
+    assert ssl_jax.__version__ not in ("", "0+unknown")  # the installed package's metadata
+
+
+def test_recipes_lists_every_recipe_with_its_variants_and_shows_one(capsys):
+    assert cli.main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    for path in os.listdir(os.path.join(REPO, "configs")):
+        assert f"\n{path[:-3]}\n    " in out
+    assert "    :quick    a 20-step smoke test" in out
+    assert cli.main(["recipes", "simclr_fashion_mnist:quick"]) == 0
+    assert "  total_steps = 20\n" in capsys.readouterr().out
+
+
+def test_pretrain_help_with_a_recipe_shows_its_values(capsys):
+    args = ["pretrain", "--config", "simclr_fashion_mnist:quick", "--help"]
+    assert cli.main([*args, "--config.batch_size=64"]) == 0
+    out = capsys.readouterr().out
+    assert "  total_steps = 20\n" in out  # the recipe's, not the default 1000
+    assert "  base_lr = 0.075  # peak lr" in out  # with the schema's comment
+    assert "  batch_size = 64  # GLOBAL batch" in out  # and the command line's
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--config", "configs/nope.py"], "no recipe file configs/nope.py"),
+        (["--config=simclr_fashion_mnist:quik"], "use one of simclr_fashion_mnist:quick, "),
+        (["--config", "simclr_fashon_mnist"], "(did you mean simclr_fashion_mnist"),
+        (["--config", "NOGET"], "defines no get_config()"),
+        (["--config", "RAISES"], "): RuntimeError: boom. Fix the recipe"),
+        (
+            ["--config", "simclr_fashion_mnist", "--config.model.convnet_features=abc"],
+            "is now 'model.convnet.features': use --config.model.convnet.features",
+        ),
+        (
+            ["--config", "simclr_fashion_mnist", "--config.model.convnet.features=abc"],
+            "config.model.convnet.features=('abc',) is invalid: must be a tuple of int",
+        ),
+        (
+            [
+                "--config",
+                "simclr_fashion_mnist",
+                "--config.total_epochs=2",
+                "--config.total_steps=5",
+            ],
+            "both given: set one of them",
+        ),
+    ],
+)
+def test_recipe_and_field_errors_are_one_line(tmp_path, args, expected):
+    noget, raises = tmp_path / "noget.py", tmp_path / "raises.py"
+    noget.write_text("x = 1\n")
+    raises.write_text("def get_config(arg=None):\n    raise RuntimeError('boom')\n")
+    args = [{"NOGET": str(noget), "RAISES": str(raises)}.get(a, a) for a in args]
+    msg = _pretrain_error([*args, "--workdir", str(tmp_path / "w")])
+    assert expected in msg and "\n" not in msg
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_missing_recipe_file_is_one_line_as_a_user_types_it(tmp_path):
+    """The whole process, as typed: no traceback (it was ~40 lines through ml_collections)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "ssl_jax", "pretrain", "--config", "configs/nope.py"]
+        + ["--workdir", str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"},
+    )
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and len(lines) == 1, out.stderr[-3000:]
+    assert lines[0].startswith("ssl-jax: no recipe file configs/nope.py: give an existing .py")
+    assert lines[0].endswith("`ssl-jax recipes` lists them.")

@@ -8,8 +8,10 @@ prototypes; AdamW at 5e-4 x B/256 with weight decay 0.04 -> 0.4, teacher tempera
 momentum 0.99 -> 1, the last layer frozen for the first 100 steps; 600 steps of batch 128 (1.3
 epochs: a ViT is ~15x slower than the demo convnet on a CPU). Watch ``teacher_entropy``: it
 should stay well between 0 and log 4096 = 8.3. Measured so far (benchmarks/RESULTS.md): after
-300 of the 600 steps no collapse but no learning yet (kNN monitor 60 -> 57%, below raw pixels);
-it needs a longer run than this, and it is not yet known how much longer. Variants: ``:quick``
+300 of the 600 steps no collapse but no learning yet (kNN monitor 60 -> 57%, below raw pixels),
+and the same in shorter tries with a higher learning rate, 1,024 prototypes or no local crops:
+as DINO's authors say of small datasets, it needs tens of epochs (the ``:full`` variant on a
+GPU). This recipe is a CPU-sized smoke of the whole method, not yet a result. Variants: ``:quick``
 (a 20-step smoke test) and ``:full`` (GPU-sized: patch 4, 6 local crops of 12 px, batch 512,
 100 epochs).
 """

@@ -105,7 +105,7 @@ import jax.numpy as jnp  # noqa: E402
 from ssl_jax import parallel  # noqa: E402
 from ssl_jax.methods import get_method  # noqa: E402
 from ssl_jax.methods.state import make_views  # noqa: E402
-from ssl_jax.run import jit_train_step  # noqa: E402
+from ssl_jax.run import jit_train_step, with_drop_path_key  # noqa: E402
 
 # Data-sheet dense bf16 tensor-core peaks in FLOP/s, matched on the device name in this order.
 DATASHEET_BF16 = (
@@ -226,7 +226,7 @@ def jax_candidate(config: Any, feed: str, mesh: Any) -> tuple[Candidate, dict | 
     method = get_method(config.method)
     state, batch, key = jax_inputs(config, method, mesh, feed)
     params = common.num_params(state.params)
-    flops = common.step_flops(jax.jit(method.train_step), state, batch, key)
+    flops = common.step_flops(jax.jit(with_drop_path_key(method.train_step)), state, batch, key)
     start = time.perf_counter()
     compiled = jit_train_step(method, mesh).lower(state, batch, key).compile()
     compile_s = time.perf_counter() - start

@@ -22,8 +22,7 @@ import numpy as np
 from flax import nnx
 from safetensors import numpy as safetensors_numpy
 
-from ssl_jax import config as config_lib
-from ssl_jax import models
+from ssl_jax import models, saved_config
 from ssl_jax.methods.network import COMPUTE_DTYPES
 
 ENCODER_JSON = "encoder.json"
@@ -131,7 +130,8 @@ def read(path: str, *, step: Any = None) -> dict[str, Any]:
     return dict(
         graphdef=graphdef,
         state=state,
-        config=config_lib.from_dict(meta["run_config"]),
+        # checked like config.json: an export may come from someone else
+        config=saved_config.from_saved(meta["run_config"], os.path.join(path, ENCODER_JSON)),
         step=exported,
         workdir=path,
         image_size=int(inputs["image_size"]),

@@ -176,10 +176,10 @@ def evaluation_data(config: Any, workdir: str, *, test_split: str = "test") -> A
     if not os.path.isfile(origin):  # an exported encoder keeps the config in encoder.json
         origin = os.path.join(workdir, "encoder.json")
     splits = list(dict.fromkeys([config.train_split, test_split]))
-    missing = [s for s in splits if not os.path.isdir(os.path.join(path, s))]
+    missing = [s for s in splits[::-1] if not os.path.isdir(os.path.join(path, s))]
     if missing:
-        if os.path.isdir(path):
-            what = "has no " + " or ".join(f"'{s}/'" for s in missing) + " sub-folder"
+        if os.path.isdir(path):  # the test split first: without it there is nothing to score
+            what = f"has no '{missing[0]}/' sub-folder"
         else:
             what = "is not a directory here"
         layout = " and ".join(f"{os.path.join(path, s)}/<class>/..." for s in splits)

@@ -108,14 +108,14 @@ def test_model_sizes_and_device_count_are_checked(field, value):
         config_lib.validate(c)
 
 
-def test_data_in_memory_only_for_datasets_that_support_it():
+def test_data_in_memory_only_for_datasets_that_support_it(tmp_path):
     c = config_lib.base_config()
     c.data_in_memory = True
     config_lib.validate(c)  # fashion_mnist: fine
     c.dataset = "synthetic"
     config_lib.validate(c)  # made in memory anyway: fine (the Fashion-MNIST recipes set it)
-    c.dataset = "folder:/images"
-    with pytest.raises(ValueError, match=r"config.data_in_memory.*'folder:/images'"):
+    c.dataset = f"folder:{tmp_path}"  # (a missing folder is reported first: test_folder_recipe)
+    with pytest.raises(ValueError, match=rf"config.data_in_memory.*'folder:{tmp_path}'"):
         config_lib.validate(c)
 
 

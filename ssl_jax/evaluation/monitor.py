@@ -23,6 +23,7 @@ import numpy as np
 
 from ssl_jax import logs
 from ssl_jax.data import ArraySource, Source
+from ssl_jax.data.from_config import no_labels_message
 from ssl_jax.evaluation.features import encoder_from_state, extract_features
 from ssl_jax.evaluation.knn import knn_scores
 from ssl_jax.evaluation.metrics import topk_accuracy
@@ -105,8 +106,8 @@ def make_monitor(config: Any, train_source: Any, test_source_fn) -> KnnMonitor |
     ``config.eval_every`` is 0, or the data has no labels or no test split."""
     if not config.eval_every:
         return None
-    if not train_source.num_classes:
-        logs.console("kNN monitor off: the training data has no labels")
+    if why := no_labels_message(config, train_source):
+        logs.console(why)  # e.g. an image folder without class sub-folders
         return None
     try:
         test_source = test_source_fn()

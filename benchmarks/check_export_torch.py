@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import ssl_jax  # noqa: E402
 from ssl_jax import config as config_lib  # noqa: E402
-from ssl_jax import logs  # noqa: E402
+from ssl_jax import outputs  # noqa: E402
 from ssl_jax.methods import get_method  # noqa: E402
 from ssl_jax.run import Run  # noqa: E402
 
@@ -116,7 +116,7 @@ def untrained_run(workdir: str, config, step: int = 1) -> str:
     state = state.replace(step=np.asarray(step, np.int32), batch_stats=nnx.from_flat_state(moved))
     run = Run(workdir)
     os.makedirs(run.workdir, exist_ok=True)
-    logs.write_atomic(run.config_path, config_lib.to_json(config))
+    outputs.write_text(run.config_path, config_lib.to_json(config))
     ckpt = run.checkpointer(max_to_keep=None, async_save=False)
     ckpt.save(step, state, {})
     ckpt.close()

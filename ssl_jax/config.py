@@ -409,8 +409,8 @@ def changes(saved: dict | None, config: ml_collections.ConfigDict) -> list[str]:
     changes). Empty when ``saved`` is None."""
     if saved is None:
         return []
-    saved = _flatten(migrate(saved))
-    now = _flatten(json.loads(config.to_json_best_effort()))
+    saved = flatten(migrate(saved))
+    now = flatten(json.loads(config.to_json_best_effort()))
     return [
         f"{key}: {saved[key]!r} -> {now.get(key, '(absent)')!r}"
         for key in sorted(saved)
@@ -418,11 +418,12 @@ def changes(saved: dict | None, config: ml_collections.ConfigDict) -> list[str]:
     ]
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """``{'a': {'b': 1}} -> {'a.b': 1}``: nested dicts as dotted names."""
     out = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[prefix + key] = value
     return out

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from safetensors import numpy as safetensors_numpy
 
-from ssl_jax import encoder_files, logs, models, outputs
+from ssl_jax import encoder_files, models, outputs
 from ssl_jax.config import to_json
 from ssl_jax.evaluation.features import Encoder, load_encoder
 from ssl_jax.torch_names import torch_state_dict
@@ -80,7 +80,7 @@ def export_encoder(
     for name, tensors in files.items():
         _save_safetensors(os.path.join(out_dir, name), tensors, tags)
     # Last: a directory with encoder.json is a complete export.
-    logs.write_atomic(
+    outputs.write_text(
         os.path.join(out_dir, encoder_files.ENCODER_JSON), json.dumps(meta, indent=2) + "\n"
     )
     return out_dir

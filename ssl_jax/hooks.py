@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ssl_jax import data, logs
@@ -101,6 +102,35 @@ class FiniteLossGuard(Hook):
             f"The last good checkpoint ({'step ' + str(kept) if kept is not None else 'none'}) "
             "is kept. Lower config.base_lr, raise config.warmup_steps or use float32 compute."
         )
+
+
+    def check_state(self, loop: Any) -> None:
+        """Before a save: raise NonFiniteLossError if any array of the state (BatchNorm
+        statistics, optimizer moments, EMA target, extras; the parameters too) holds a NaN or
+        Inf, so that no checkpoint ever does. A statistic can go non-finite while the loss and
+        the weights still read finite (BYOL's predictor BatchNorm at a diverging lr)."""
+        bad = [name for name, ok in jax.device_get(_finite_parts(loop.state)).items() if not ok]
+        if not bad:
+            return
+        loop.ckpt.wait()
+        kept = loop.ckpt.latest_step()
+        raise NonFiniteLossError(
+            f"The train state's {', '.join(bad)} hold NaN or Inf at step {loop.step} (the loss "
+            "and the weights still read finite); the run stopped there. The last good checkpoint "
+            f"({'step ' + str(kept) if kept is not None else 'none'}) is kept. Lower "
+            "config.base_lr, raise config.warmup_steps or use float32 compute."
+        )
+
+
+@jax.jit
+def _finite_parts(state: Any) -> dict[str, jax.Array]:
+    """``{part: all finite}`` over the floating-point arrays of each part of the saved tree."""
+
+    def finite(tree: Any) -> jax.Array:
+        leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+        return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves] or [jnp.bool_(True)]))
+
+    return {name: finite(tree) for name, tree in state.checkpoint_tree().items()}
 
 
 def check_finite(loop: Any) -> None:
@@ -240,6 +270,7 @@ class CheckpointHook(Hook):
         if not due(loop, loop.config.checkpoint_every):
             return
         check_finite(loop)
+        loop.guard.check_state(loop)
         loop.ckpt.save(loop.step, loop.state, loop.iterator.get_state())
         loop.saved_step = loop.step
 

@@ -91,7 +91,7 @@ def _truncate_records(path: str, last_step: int) -> int:
     """Keep the parseable records of ``path`` with ``step <= last_step``; return how many lines
     were dropped."""
     kept, dropped = [], 0
-    with open(path) as f:
+    with open(path, encoding="utf-8", errors="replace") as f:  # damaged bytes: lines dropped
         for line in f:
             if not line.strip():
                 continue
@@ -109,9 +109,6 @@ def _truncate_records(path: str, last_step: int) -> int:
     return dropped
 
 
-write_atomic = outputs.write_text  # the former name, for callers not yet moved to outputs
-
-
 def _jsonable(v):
     v = v.item() if hasattr(v, "item") else v
     if isinstance(v, float) and not math.isfinite(v):
@@ -123,5 +120,20 @@ def read_metrics(workdir: str) -> list[dict]:
     """The records of the run's ``metrics.jsonl``, in order (as written: a kNN-monitor record
     may share its step with the step's loss record; ``ssl_jax.evaluation.plots.read_metrics``
     merges them). A resumed run's file holds each step once: see :class:`MetricWriter`."""
-    with open(Run(workdir).metrics_path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    path = Run(workdir).metrics_path
+    records, bad = [], 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict) and "step" in record:
+                records.append(record)
+            else:
+                bad += 1
+    if bad:
+        console(f"warning: {path}: {bad} line(s) that are not metric records were skipped")
+    return records

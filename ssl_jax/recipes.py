@@ -237,7 +237,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
     field."""
     from ssl_jax import config as config_lib
 
-    flat = _flatten(overrides)
+    flat = config_lib.flatten(overrides)
     for path, value in flat.items():
         *groups, leaf = path.split(".")
         node = config
@@ -255,16 +255,6 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
                 f"{node.get_type(leaf).__name__} values."
             ) from None
     return list(flat)
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
 
 
 def load_with_overrides(

@@ -236,6 +236,7 @@ def jit_train_step(method: Any, mesh: jax.sharding.Mesh) -> Any:
 DROP_PATH_STREAM = 0x5D0D  # folded into the step key: the drop-path masks' own stream
 
 
+@functools.cache  # one wrapper per step function: jax.jit's caches see the same function
 def with_drop_path_key(train_step: Any) -> Any:
     """``train_step`` run inside :func:`ssl_jax.models.stochastic_depth.key_scope` with a key
     of its own for every step: the randomness of drop-path layers in train mode."""

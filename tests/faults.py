@@ -58,6 +58,24 @@ class PoisonWeightsAfterStep(Hook):
         loop.metrics = {**loop.metrics, "l2_params": optax.tree.norm(params)}
 
 
+class PoisonBatchStatsAfterStep(Hook):
+    """After ``step``, one BatchNorm statistic of the state becomes NaN: the loss and the
+    weights (``l2_params``) still read finite."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def after_step(self, loop):
+        if loop.step != self.step:
+            return
+        import jax
+        import jax.numpy as jnp
+
+        leaves, treedef = jax.tree.flatten(loop.state.batch_stats)
+        leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].set(jnp.nan)
+        loop.state = loop.state.replace(batch_stats=jax.tree.unflatten(treedef, leaves))
+
+
 if __name__ == "__main__":
     from ssl_jax import cli
 

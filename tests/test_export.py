@@ -14,7 +14,7 @@ from safetensors import numpy as safetensors_numpy
 import ssl_jax
 from helpers import tiny_config
 from ssl_jax import config as config_lib
-from ssl_jax import encoder_files, logs, models, torch_names
+from ssl_jax import encoder_files, models, outputs, torch_names
 from ssl_jax.cli import main
 from ssl_jax.export import export_encoder
 from ssl_jax.run import Run, abstract_state
@@ -37,7 +37,7 @@ def _untrained_run(path: str, config, step: int = 2) -> str:
     state = jax.tree_util.tree_map_with_path(draw, abstract)
     run = Run(path)
     os.makedirs(run.workdir, exist_ok=True)
-    logs.write_atomic(run.config_path, config_lib.to_json(config))
+    outputs.write_text(run.config_path, config_lib.to_json(config))
     ckpt = run.checkpointer(max_to_keep=None, async_save=False)
     ckpt.save(step, state, {})
     ckpt.close()

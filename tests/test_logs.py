@@ -180,3 +180,18 @@ def test_metric_writer_drops_records_after_the_restart_step(tmp_path):
     fresh = logs.MetricWriter(str(tmp_path), keep_through_step=0)  # a restart from scratch
     fresh.close()
     assert fresh.dropped == 5 and logs.read_metrics(str(tmp_path)) == []
+
+
+def test_damaged_bytes_in_metrics_jsonl_are_dropped_not_a_traceback(tmp_path, capsys):
+    """Random bytes in metrics.jsonl (a damaged disk, a stray write): a resume drops the lines
+    that are not records, and reading the file skips them with a warning naming it."""
+    good = json.dumps({"step": 1, "loss": 0.5}) + "\n"
+    junk = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    (tmp_path / "metrics.jsonl").write_bytes(good.encode() + junk + b"\n")
+    assert [r["step"] for r in logs.read_metrics(str(tmp_path))] == [1]
+    assert "metrics.jsonl" in capsys.readouterr().out
+    w = logs.MetricWriter(str(tmp_path), keep_through_step=1)
+    w.write(2, {"loss": 0.25})
+    w.close()
+    assert w.dropped >= 1
+    assert [r["step"] for r in logs.read_metrics(str(tmp_path))] == [1, 2]

@@ -103,7 +103,6 @@ class FiniteLossGuard(Hook):
             "is kept. Lower config.base_lr, raise config.warmup_steps or use float32 compute."
         )
 
-
     def check_state(self, loop: Any) -> None:
         """Before a save: raise NonFiniteLossError if any array of the state (BatchNorm
         statistics, optimizer moments, EMA target, extras; the parameters too) holds a NaN or

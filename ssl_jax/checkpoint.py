@@ -33,6 +33,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from ssl_jax import checkpoint_integrity
+from ssl_jax.workdir_lock import live_holder
 
 # Orbax's temporary step directory, renamed to ``<step>`` once complete
 # (orbax.checkpoint's atomicity_types.TMP_DIR_SUFFIX); the manifest is written inside it.
@@ -273,6 +274,12 @@ class Checkpointer:
                     warn(_fallback_line(self.directory, skipped, candidate) + moved)
             return candidate, state, data_state
         found = "; ".join(f"{s}: {why}" for s, why in skipped)
+        holder = live_holder(os.path.dirname(os.path.abspath(self.directory)))
+        if holder is not None:  # a live run deletes and finalises steps as it goes
+            raise NoIntactCheckpointError(
+                f"{self.directory} holds no intact checkpoint right now ({found}), and a live "
+                f"run ({holder}) is writing it: try again after its next checkpoint."
+            )
         raise NoIntactCheckpointError(
             f"{self.directory} holds no intact checkpoint ({found}). Delete that directory "
             "to start again from step 0, or give a new --workdir."

@@ -56,3 +56,24 @@ class WorkdirLock:
         if self._fd is not None:
             os.close(self._fd)  # releases the flock
             self._fd = None
+
+
+def live_holder(workdir: str) -> str | None:
+    """``'pid N on HOST'`` when a live run holds ``workdir``'s lock, else None (no lock file,
+    a stale one, or no flock here). Reads only: usable on a run directory one cannot write."""
+    path = os.path.join(workdir, LOCK_NAME)
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.read(fd, 200).decode(errors="replace").strip() or "another process"
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # also releases a shared lock taken above
+    return None

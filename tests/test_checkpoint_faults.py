@@ -189,6 +189,13 @@ def test_no_intact_step_and_a_damaged_explicit_step_are_one_line_errors(ckpt_dir
         _restore(ckpt_dir)
     assert f"{ckpt_dir} holds no intact checkpoint" in str(e.value)
     assert "Delete that directory" in str(e.value) and "new --workdir" in str(e.value)
+    # The same while a live run holds the work directory (it deletes and finalises steps as it
+    # goes): no advice to delete its checkpoints, but to wait for the next one.
+    from ssl_jax.workdir_lock import WorkdirLock
+
+    with WorkdirLock(os.path.dirname(ckpt_dir)):
+        with pytest.raises(NoIntactCheckpointError, match="a live run .pid .* try again after"):
+            _restore(ckpt_dir)
 
 
 def test_a_manifest_that_cannot_be_written_fails_the_save_and_publishes_no_step(

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from typing import Any
 
 import grain
@@ -82,10 +83,27 @@ class _QuietOrbaxSaveErrors(logging.Filter):
         return not _is_orbax_save_traceback(record)
 
 
+class _QuietFailedSaveTasks(logging.Filter):
+    """asyncio's "Task exception was never retrieved" for Orbax's write tasks of a save that
+    failed (disk full): the failure is raised as one CheckpointWriteError line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return f"{os.sep}orbax{os.sep}checkpoint{os.sep}" not in record.getMessage()
+
+
 def _quiet_orbax_save_errors() -> None:
+    """A failed save is one line: Orbax's and its background tasks' logged tracebacks are
+    dropped. (TensorStore's write callbacks still print 'Event loop is closed' tracebacks from
+    their own threads on a full disk: not through Python's logging or hooks.)"""
     absl_logger = logging.getLogger("absl")
     if not any(isinstance(f, _QuietOrbaxSaveErrors) for f in absl_logger.filters):
         absl_logger.addFilter(_QuietOrbaxSaveErrors())
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _QuietFailedSaveTasks) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_QuietFailedSaveTasks())
+    warnings.filterwarnings(
+        "ignore", message="coroutine 'async_serialize_from_host", category=RuntimeWarning
+    )
 
 
 class _Damaged(Exception):

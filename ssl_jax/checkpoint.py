@@ -25,7 +25,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
+import traceback
 import warnings
 from typing import Any
 
@@ -91,10 +93,34 @@ class _QuietFailedSaveTasks(logging.Filter):
         return f"{os.sep}orbax{os.sep}checkpoint{os.sep}" not in record.getMessage()
 
 
+def _closed_loop_callback(unraisable: Any) -> bool:
+    """TensorStore's write callbacks of a failed save (disk full) run after Orbax closed their
+    event loop; the RuntimeError('Event loop is closed') they raise reaches sys.unraisablehook
+    from TensorStore's threads."""
+    frames = traceback.extract_tb(unraisable.exc_traceback)
+    return (
+        unraisable.exc_type is RuntimeError
+        and str(unraisable.exc_value) == "Event loop is closed"
+        and any(f.name == "call_soon_threadsafe" for f in frames)
+    )
+
+
+def _quiet_closed_loop_callbacks() -> None:
+    previous = sys.unraisablehook
+    if getattr(previous, "ssl_jax_quiet", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if not _closed_loop_callback(unraisable):
+            previous(unraisable)
+
+    hook.ssl_jax_quiet = True
+    sys.unraisablehook = hook
+
+
 def _quiet_orbax_save_errors() -> None:
-    """A failed save is one line: Orbax's and its background tasks' logged tracebacks are
-    dropped. (TensorStore's write callbacks still print 'Event loop is closed' tracebacks from
-    their own threads on a full disk: not through Python's logging or hooks.)"""
+    """A failed save is one line: Orbax's, its background tasks' and TensorStore's callbacks'
+    tracebacks are dropped (the failure is raised as one CheckpointWriteError)."""
     absl_logger = logging.getLogger("absl")
     if not any(isinstance(f, _QuietOrbaxSaveErrors) for f in absl_logger.filters):
         absl_logger.addFilter(_QuietOrbaxSaveErrors())
@@ -104,6 +130,7 @@ def _quiet_orbax_save_errors() -> None:
     warnings.filterwarnings(
         "ignore", message="coroutine 'async_serialize_from_host", category=RuntimeWarning
     )
+    _quiet_closed_loop_callbacks()
 
 
 class _Damaged(Exception):

@@ -332,3 +332,31 @@ def test_embed_falls_back_from_a_damaged_newest_checkpoint(tmp_path, capsys):
         cli.main([*args, "--split", "test", "--step", "4"])
     with open(os.path.join(workdir, "checkpoints", "2", integrity.MANIFEST)) as f:
         assert json.load(f)["algorithm"] == "sha256"
+
+
+def test_closed_loop_callbacks_of_a_failed_save_are_not_printed(ckpt_dir, monkeypatch):
+    """On a full disk TensorStore's write callbacks call into Orbax's closed event loop from
+    their own threads: ~60 'Event loop is closed' tracebacks reached sys.unraisablehook before
+    the one-line error. Those are dropped; any other unraisable exception still goes through."""
+    import asyncio
+    import sys
+    import types
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    Checkpointer(ckpt_dir).close()  # installs the filter in front of the hook
+    loop = asyncio.new_event_loop()
+    loop.close()
+    try:
+        loop.call_soon_threadsafe(print)
+    except RuntimeError as e:
+        closed = e
+    other = ValueError("something else")
+    for exc in (closed, other):
+        sys.unraisablehook(
+            types.SimpleNamespace(
+                exc_type=type(exc), exc_value=exc, exc_traceback=exc.__traceback__,
+                err_msg=None, object=None,
+            )
+        )  # fmt: skip
+    assert [u.exc_value for u in seen] == [other]

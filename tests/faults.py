@@ -37,12 +37,14 @@ class SigintBeforeStep(Hook):
             os.kill(os.getpid(), self.signum)
 
 
-class PoisonWeightsAfterStep(Hook):
-    """After ``step``, one weight of the state becomes NaN, and the step's ``l2_params`` is
-    recomputed from that state (as if the update had diverged while the loss stayed finite)."""
+class PoisonAfterStep(Hook):
+    """After ``step``, one array of ``part`` of the state (``'params'`` or ``'batch_stats'``)
+    gets a NaN. For the parameters the step's ``l2_params`` is recomputed (as if the update had
+    diverged while the loss stayed finite); a BatchNorm statistic leaves both the loss and
+    ``l2_params`` finite."""
 
-    def __init__(self, step: int):
-        self.step = step
+    def __init__(self, step: int, part: str = "params"):
+        self.step, self.part = step, part
 
     def after_step(self, loop):
         if loop.step != self.step:
@@ -51,29 +53,12 @@ class PoisonWeightsAfterStep(Hook):
         import jax.numpy as jnp
         import optax
 
-        leaves, treedef = jax.tree.flatten(loop.state.params)
+        leaves, treedef = jax.tree.flatten(getattr(loop.state, self.part))
         leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].set(jnp.nan)
-        params = jax.tree.unflatten(treedef, leaves)
-        loop.state = loop.state.replace(params=params)
-        loop.metrics = {**loop.metrics, "l2_params": optax.tree.norm(params)}
-
-
-class PoisonBatchStatsAfterStep(Hook):
-    """After ``step``, one BatchNorm statistic of the state becomes NaN: the loss and the
-    weights (``l2_params``) still read finite."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def after_step(self, loop):
-        if loop.step != self.step:
-            return
-        import jax
-        import jax.numpy as jnp
-
-        leaves, treedef = jax.tree.flatten(loop.state.batch_stats)
-        leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].set(jnp.nan)
-        loop.state = loop.state.replace(batch_stats=jax.tree.unflatten(treedef, leaves))
+        poisoned = jax.tree.unflatten(treedef, leaves)
+        loop.state = loop.state.replace(**{self.part: poisoned})
+        if self.part == "params":
+            loop.metrics = {**loop.metrics, "l2_params": optax.tree.norm(poisoned)}
 
 
 if __name__ == "__main__":

@@ -119,11 +119,11 @@ def test_nan_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_path):
 def test_nan_weights_under_a_finite_loss_stop_the_run_before_any_bad_save(tmp_path):
     """The weights go NaN after step 5 while the loss is still finite: the run stops at step 5,
     names the last good checkpoint (3) and never saves 5 or 6 (checkpoint_every=3)."""
-    from faults import PoisonBatchStatsAfterStep, PoisonWeightsAfterStep
+    from faults import PoisonAfterStep
 
     config = tiny_config(total_steps=9, checkpoint_every=3, log_every=4)
     with pytest.raises(NonFiniteLossError, match="weights are NaN or Inf") as info:
-        train(config, str(tmp_path), extra_hooks=[PoisonWeightsAfterStep(5)])
+        train(config, str(tmp_path), extra_hooks=[PoisonAfterStep(5)])
     assert "at step 5" in str(info.value) and "(step 3)" in str(info.value)
     assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == [3]
     assert max(r["step"] for r in logs.read_metrics(str(tmp_path))) == 4
@@ -131,7 +131,7 @@ def test_nan_weights_under_a_finite_loss_stop_the_run_before_any_bad_save(tmp_pa
     # Resumed from 3, a BatchNorm statistic goes NaN after step 4 (the loss and weights stay
     # finite): the whole-state check before the step-6 save stops the run; 6 is never saved.
     with pytest.raises(NonFiniteLossError, match="batch_stats hold NaN or Inf at step 6"):
-        train(config, str(tmp_path), extra_hooks=[PoisonBatchStatsAfterStep(4)])
+        train(config, str(tmp_path), extra_hooks=[PoisonAfterStep(4, "batch_stats")])
     assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == [3]
 
 

@@ -68,6 +68,23 @@ def test_dino_head_shapes_and_weight_norm():
     assert learn.last_layer.scale[...].shape == (40,)
 
 
+def test_dino_head_batch_norm_option_sits_before_each_gelu():
+    x = np.random.default_rng(2).normal(3.0, 5.0, size=(64, 12)).astype(np.float32)
+    head = DINOHead(12, 40, hidden_features=16, bottleneck=8, use_bn=True, rngs=nnx.Rngs(0))
+    assert len(head.norms) == 2 and not DINOHead(12, 40, rngs=nnx.Rngs(0)).norms
+    h = x
+    for linear, norm in zip(head.mlp[:2], head.norms, strict=True):  # the official order
+        h = nnx.gelu(norm(linear(h)), approximate=False)
+    h = head.mlp[2](h)
+    h = h / jnp.linalg.norm(h, axis=-1, keepdims=True)
+    w = head.last_layer.direction[...]
+    np.testing.assert_allclose(head(x), h @ (w / jnp.linalg.norm(w, axis=0)), atol=1e-5)
+    # Train mode: each hidden unit is normalised over the batch.
+    z = np.asarray(head.norms[0](head.mlp[0](x)), np.float64)
+    np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(z.std(0), 1.0, rtol=1e-3)
+
+
 # ----------------------------------------------------------------------------- step pieces
 
 

@@ -52,6 +52,7 @@ class Hparams:
     head_bottleneck: int = 256  # the head MLP's output, L2-normalised
     head_layers: int = 3  # Linear layers in the head MLP
     norm_last_layer: bool = True  # fix the last layer's weight-norm scale at 1
+    head_batch_norm: bool = False  # BatchNorm in the head MLP (the official --use_bn_in_head)
     student_temperature: float = 0.1
     teacher_temperature: float = 0.04  # after the warm-up
     warmup_teacher_temperature: float = 0.04  # at step 0, linear to teacher_temperature ...
@@ -92,6 +93,7 @@ def init_state(config: Any, key: jax.Array) -> TrainState:
         bottleneck=hp.head_bottleneck,
         num_layers=hp.head_layers,
         norm_last_layer=hp.norm_last_layer,
+        use_bn=hp.head_batch_norm,
         dtype=network_lib.compute_dtype(config),
         rngs=rngs,
     )

@@ -4,8 +4,9 @@ without bias to ``K`` prototypes.
 
     head = DINOHead(192, 4096, rngs=nnx.Rngs(0))   # [B, 192] -> [B, 4096] logits (float32)
 
-The MLP is ``num_layers`` Linear layers (width ``hidden_features``, GELU between them, no
-BatchNorm: the official default) ending at ``bottleneck``. The last layer is
+The MLP is ``num_layers`` Linear layers (width ``hidden_features``, GELU between them; BatchNorm
+before each GELU only with ``use_bn``, the official ``--use_bn_in_head``, off by default) ending
+at ``bottleneck``. The last layer is
 ``W = g * v / ||v||`` per output unit (PyTorch's ``weight_norm``); with ``norm_last_layer=True``
 (the default, as DINO's ViT-S recipes) ``g`` is fixed at 1 and there is no ``scale`` parameter.
 Its parameters live under ``last_layer``: DINO freezes them during the first epoch (see
@@ -19,6 +20,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from ssl_jax.models.layers import make_batch_norm
 
 trunc_normal = nnx.initializers.truncated_normal(stddev=0.02)
 _NORM_EPS = 1e-12  # torch.nn.functional.normalize's
@@ -63,6 +66,7 @@ class DINOHead(nnx.Module):
       bottleneck: the MLP's output width, L2-normalised before the last layer (256).
       num_layers: Linear layers in the MLP (3).
       norm_last_layer: fix the last layer's weight-norm scale at 1 (True).
+      use_bn: BatchNorm after each hidden Linear (the official ``--use_bn_in_head``; False).
       dtype: compute dtype; param_dtype: storage dtype of the parameters.
       rngs: NNX random streams (``params``).
     """
@@ -76,6 +80,7 @@ class DINOHead(nnx.Module):
         bottleneck: int = 256,
         num_layers: int = 3,
         norm_last_layer: bool = True,
+        use_bn: bool = False,
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
@@ -89,6 +94,13 @@ class DINOHead(nnx.Module):
                     a, b, dtype=dtype, param_dtype=param_dtype, kernel_init=trunc_normal, rngs=rngs
                 )
                 for a, b in zip(widths[:-1], widths[1:], strict=True)
+            ]
+        )
+        hidden = widths[1:-1]
+        self.norms = nnx.List(
+            [
+                make_batch_norm(w, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                for w in (hidden if use_bn else [])
             ]
         )
         self.last_layer = WeightNormLinear(
@@ -109,6 +121,8 @@ class DINOHead(nnx.Module):
         for i, linear in enumerate(self.mlp):
             x = linear(x)
             if i < len(self.mlp) - 1:
+                if self.norms:
+                    x = self.norms[i](x)
                 x = nnx.gelu(x, approximate=False)
         x = _l2_normalize(x.astype(jnp.float32), axis=-1)
         return self.last_layer(x.astype(self.dtype)).astype(jnp.float32)

@@ -24,6 +24,7 @@ def parse(argv: list[str]) -> tuple[flags.FlagValues, Any] | None:
     total_steps and total_epochs given."""
     spec, argv = _take_config(argv)
     recipe = _load_recipe(spec)
+    argv = _apply_nones(argv, recipe)
     wants_help = "--help" in argv or "-h" in argv
     argv = ["ssl-jax pretrain", *(a for a in argv if a not in ("--help", "-h"))]
     fv = _pretrain_flags(argv, recipe)
@@ -114,6 +115,46 @@ def _take_config(argv: list[str]) -> tuple[str | None, list[str]]:
             rest.append(arg)
         i += 1
     return spec, rest
+
+
+def _apply_nones(argv: list[str], config: Any) -> list[str]:
+    """``argv`` without its ``--config.FIELD=None`` overrides, which are set on ``config`` here
+    (ml_collections would parse 'None' as a value of the field's type and fail). Only fields
+    whose schema default is None (``ssl_jax.config.base_config``) may be None."""
+    from ssl_jax.config import base_config
+
+    rest, schema = [], base_config()
+    for arg in argv:
+        name, _, value = arg[len("--config.") :].partition("=")
+        if not (arg.startswith("--config.") and value in ("None", "none") and config is not None):
+            rest.append(arg)
+            continue
+        try:
+            default, (node, leaf) = _lookup(schema, name), _parent(config, name)
+        except KeyError:
+            raise SystemExit(f"ssl-jax: {_unknown_field_message(name)}") from None
+        if default is not None:
+            raise SystemExit(
+                f"ssl-jax: config.{name} cannot be None: give it a value of its type "
+                f"(`--help` shows the recipe's)."
+            )
+        node[leaf] = None
+    return rest
+
+
+def _lookup(config: Any, name: str) -> Any:
+    node, leaf = _parent(config, name)
+    return node[leaf]
+
+
+def _parent(config: Any, name: str) -> tuple[Any, str]:
+    """``(group, leaf)`` of the dotted field ``name``; KeyError if there is no such field."""
+    *parents, leaf = name.split(".")
+    for part in parents:
+        config = config[part]
+    if leaf not in config:
+        raise KeyError(leaf)
+    return config, leaf
 
 
 def _load_recipe(spec: str | None) -> Any:

@@ -77,6 +77,19 @@ def test_bad_config_value_names_the_field(tmp_path):
     assert "config.method='moco'" in msg
 
 
+def test_none_override_sets_a_nullable_field_and_refuses_others(tmp_path):
+    from ssl_jax import pretrain_args
+
+    dino = ["--config", "dino_fashion_mnist", "--workdir", str(tmp_path)]
+    _, config = pretrain_args.parse([*dino, "--config.weight_decay_end=None"])
+    assert config.weight_decay_end is None  # the recipe's 0.4 -> a constant weight decay
+    _, config = pretrain_args.parse([*dino, "--config.eval_finetune_fractions=none"])
+    assert config.eval_finetune_fractions is None and config.weight_decay_end == 0.4
+    msg = _pretrain_error([*dino, "--config.total_steps=None"])
+    assert msg.startswith("ssl-jax: config.total_steps cannot be None: give it a value")
+    assert "unknown config field 'dino.nope'" in _pretrain_error([*dino, "--config.dino.nope=None"])
+
+
 def test_missing_workdir():
     assert "--workdir" in _pretrain_error(["--config", RECIPE])
 

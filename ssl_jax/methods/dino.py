@@ -10,8 +10,10 @@ official code: teacher momentum 0.996 -> 1 on a cosine, teacher temperature warm
 last layer frozen during the first steps, per-tensor gradient-norm clipping, and (in the recipes)
 AdamW with weight decay on a cosine 0.04 -> 0.4 (``config.weight_decay_end``).
 
-Metrics: the loss, the teacher's entropy (``teacher_entropy``; ``log K`` means a uniform
-collapse, 0 a one-hot collapse) and the KL term (``kl = loss - teacher_entropy``), the teacher
+Metrics: the loss, the teacher's entropy per image (``teacher_entropy``; ``log K`` means a
+uniform collapse, 0 a sharp teacher), the entropy of its mean over the batch
+(``teacher_batch_entropy``: near 0 as well in a collapse onto one prototype, high while the
+images spread over many) and the KL term (``kl = loss - teacher_entropy``), the teacher
 temperature, the momentum, the collapse detector ``embed_std`` of the student's features. The
 evaluated encoder is the teacher's, as in the paper.
 """
@@ -145,7 +147,7 @@ def train_step(
       key: the run's PRNG key; the step number is folded in, so pass the same key every step.
 
     Returns:
-      The new state and scalar metrics: loss, teacher_entropy, kl, teacher_temperature,
+      The new state and scalar metrics: loss, teacher_entropy, teacher_batch_entropy, kl, teacher_temperature,
       momentum, embed_std, learning_rate, l2_grads, l2_params, l2_updates.
     """
     hp, settings = state.hparams, state.settings
@@ -185,9 +187,11 @@ def train_step(
     center = losses.dino_center(state.extra["center"], teacher_logits, momentum=hp.center_momentum)
     p = jax.nn.softmax((teacher_logits - state.extra["center"]) / temperature, axis=-1)
     entropy = jnp.mean(jnp.sum(jax.scipy.special.entr(p), axis=-1))
+    marginal = jnp.sum(jax.scipy.special.entr(jnp.mean(p, axis=(0, 1))))
     metrics.update(
         loss=loss,
         teacher_entropy=entropy,
+        teacher_batch_entropy=marginal,
         kl=loss - entropy,
         teacher_temperature=temperature,
         momentum=momentum,

@@ -221,11 +221,22 @@ def jax_inputs(config: Any, method: Any, mesh: Any, feed: str) -> tuple[Any, dic
     return state, batch, key
 
 
+def trained_params(config: Any, params: Any) -> int:
+    """The parameters the step trains: MoCo v3's frozen patch projection left out, as the
+    PyTorch side counts only ``requires_grad`` parameters."""
+    frozen = config.method == "moco_v3" and config.moco_v3.freeze_patch_embed
+    return sum(
+        x.size
+        for path, x in jax.tree_util.tree_leaves_with_path(params)
+        if not (frozen and "patch_embed" in {getattr(k, "key", None) for k in path})
+    )
+
+
 def jax_candidate(config: Any, feed: str, mesh: Any) -> tuple[Candidate, dict | None]:
     """The compiled ssl_jax step and its FLOPs; also the views when ``feed='views'``."""
     method = get_method(config.method)
     state, batch, key = jax_inputs(config, method, mesh, feed)
-    params = common.num_params(state.params)
+    params = trained_params(config, state.params)
     flops = common.step_flops(jax.jit(with_drop_path_key(method.train_step)), state, batch, key)
     start = time.perf_counter()
     compiled = jit_train_step(method, mesh).lower(state, batch, key).compile()

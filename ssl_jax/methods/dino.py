@@ -147,8 +147,8 @@ def train_step(
       key: the run's PRNG key; the step number is folded in, so pass the same key every step.
 
     Returns:
-      The new state and scalar metrics: loss, teacher_entropy, teacher_batch_entropy, kl, teacher_temperature,
-      momentum, embed_std, learning_rate, l2_grads, l2_params, l2_updates.
+      The new state and scalar metrics: loss, teacher_entropy, teacher_batch_entropy, kl,
+      teacher_temperature, momentum, embed_std, learning_rate, l2_grads, l2_params, l2_updates.
     """
     hp, settings = state.hparams, state.settings
     k = step_key(key, state.step)

@@ -121,40 +121,24 @@ def _apply_nones(argv: list[str], config: Any) -> list[str]:
     """``argv`` without its ``--config.FIELD=None`` overrides, which are set on ``config`` here
     (ml_collections would parse 'None' as a value of the field's type and fail). Only fields
     whose schema default is None (``ssl_jax.config.base_config``) may be None."""
-    from ssl_jax.config import base_config
+    from ssl_jax import recipes
+    from ssl_jax.config import base_config, flatten
 
-    rest, schema = [], base_config()
+    rest, defaults = [], flatten(base_config().to_dict())
     for arg in argv:
         name, _, value = arg[len("--config.") :].partition("=")
         if not (arg.startswith("--config.") and value in ("None", "none") and config is not None):
             rest.append(arg)
-            continue
-        try:
-            default, (node, leaf) = _lookup(schema, name), _parent(config, name)
-        except KeyError:
-            raise SystemExit(f"ssl-jax: {_unknown_field_message(name)}") from None
-        if default is not None:
+        elif name not in defaults:
+            raise SystemExit(f"ssl-jax: {_unknown_field_message(name)}")
+        elif defaults[name] is not None:
             raise SystemExit(
                 f"ssl-jax: config.{name} cannot be None: give it a value of its type "
                 f"(`--help` shows the recipe's)."
             )
-        node[leaf] = None
+        else:
+            recipes.apply_overrides(config, {name: None})
     return rest
-
-
-def _lookup(config: Any, name: str) -> Any:
-    node, leaf = _parent(config, name)
-    return node[leaf]
-
-
-def _parent(config: Any, name: str) -> tuple[Any, str]:
-    """``(group, leaf)`` of the dotted field ``name``; KeyError if there is no such field."""
-    *parents, leaf = name.split(".")
-    for part in parents:
-        config = config[part]
-    if leaf not in config:
-        raise KeyError(leaf)
-    return config, leaf
 
 
 def _load_recipe(spec: str | None) -> Any:
